@@ -1,0 +1,1 @@
+//! Mosaic benchmarks: see `benches/` (criterion) and `scripts/` (end to end).

@@ -1,0 +1,1 @@
+//! Mosaic's partitioned routing table (see issue "Routing"): pure logic, no I/O.
