@@ -1,1 +1,33 @@
-//! Mosaic's partitioned routing table (see issue "Routing"): pure logic, no I/O.
+//! Mosaic's partitioned routing table: pure logic, no I/O, no clock.
+//!
+//! Every volume is cut into fixed-size pages (a power of two, 16 MiB by default);
+//! every page has a primary node that serves it and ordered replicas that see its
+//! writes. The [`RoutingTable`] holds all of it with a monotonically increasing
+//! [`Epoch`]; every change of ownership is a new table made by a plan.
+//!
+//! - [`model`]: nodes (NICs, portals, capacity, failure domain, state), volumes,
+//!   page maps, the table.
+//! - [`route`]: LBA -> owner in constant time, extent split into per-page pieces.
+//! - [`placement`]: a new volume's pages spread over the nodes by free capacity.
+//! - [`plan`]: node failure (takeover by load), node added, drained and removed
+//!   (minimal rebalancing), hot-page balancing; each returns moves and the next
+//!   table.
+//! - [`nic`]: spreading an initiator's MPIO group over distinct NICs and nodes, and
+//!   re-planning after a loss.
+//! - [`wire`]: the table in the compact, checksummed format that initiators fetch
+//!   over SCSI (docs/wire-formats.md).
+//! - [`dmswitch`]: the table as a Linux device-mapper switch table and its
+//!   `set_region_mappings` messages (docs/dm-switch.md).
+
+pub mod error;
+pub mod model;
+pub mod placement;
+pub mod route;
+
+pub use error::RoutingError;
+pub use model::{
+    Epoch, Nic, NicId, Node, NodeId, NodeState, Replica, RoutingTable, Volume, VolumeId, VolumeMap,
+    DEFAULT_PAGE_SIZE,
+};
+pub use placement::{plan_create_volume, plan_resize_volume};
+pub use route::{Piece, Split};
