@@ -1,1 +1,28 @@
 //! Shared helpers for the black-box tests in `tests/tests/`.
+//!
+//! Every test there starts the real `mosaic` binary on its own loopback port
+//! ([`server::Mosaic`]), drives it with a real client (libiscsi's tools, qemu-img, or
+//! the small blocking initiator in [`initiator`]) and stops it when the guard drops.
+//!
+//! - [`server`]: find the `mosaic` binary, start it on a free port, wait until it
+//!   listens, stop it (SIGTERM, then SIGKILL) when the guard drops.
+//! - [`tools`]: find external tools (skip outside CI when one is absent, fail in CI),
+//!   run them with a time limit.
+//! - [`cunit`]: read the CUnit output of libiscsi's `iscsi-test-cu`.
+//! - [`initiator`]: a tiny blocking iSCSI initiator over `mosaic_proto`, for the
+//!   hostile-input, digest and concurrency tests.
+//! - [`pattern`]: deterministic test data.
+
+pub mod cunit;
+pub mod initiator;
+pub mod pattern;
+pub mod server;
+pub mod tools;
+
+/// The prefix of every target name the `mosaic` binary exports (one target per volume).
+pub const IQN_PREFIX: &str = "iqn.2026-11.io.mosaic:";
+
+/// The target name of volume `volume`.
+pub fn target_iqn(volume: &str) -> String {
+    format!("{IQN_PREFIX}{volume}")
+}

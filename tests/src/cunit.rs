@@ -1,0 +1,227 @@
+//! Reading the output of libiscsi's `iscsi-test-cu` (CUnit's verbose mode).
+//!
+//! ```text
+//! Suite: iSCSIdatasn
+//!   Test: iSCSIDataSnInvalid ...FAILED
+//!     1. test_iscsi_datasn_invalid.c:98  - CU_ASSERT_NOT_EQUAL(ret,0)
+//! Suite: Inquiry
+//!   Test: BlockLimits ...    [SKIPPED] Logical unit is fully provisioned. Skipping test
+//! passed
+//!
+//! Run Summary:    Type  Total    Ran Passed Failed Inactive
+//!               suites      4      4    n/a      0        0
+//!                tests     15     15     14      1        0
+//!              asserts    337    337    333      4      n/a
+//! ```
+//!
+//! libiscsi's tests "pass" when the target lacks an optional feature and print
+//! `[SKIPPED]`; CUnit has no skip state, so those are counted apart here.
+
+/// The verdict on one test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    /// CUnit says passed, but the test printed `[SKIPPED]`.
+    Skipped,
+    Failed,
+    /// The test started but no verdict was printed (the client died or hung).
+    NoVerdict,
+}
+
+/// One test's result, with the lines it printed.
+#[derive(Debug, Clone)]
+pub struct TestResult {
+    pub suite: String,
+    pub test: String,
+    pub verdict: Verdict,
+    pub lines: Vec<String>,
+}
+
+impl TestResult {
+    /// `Suite.Test`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.suite, self.test)
+    }
+}
+
+/// CUnit's "Run Summary" row for tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub total: u32,
+    pub ran: u32,
+    pub passed: u32,
+    pub failed: u32,
+    pub inactive: u32,
+}
+
+/// Everything read from one run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub tests: Vec<TestResult>,
+    /// `None` when the output has no Run Summary (the client died before the end).
+    pub summary: Option<Summary>,
+}
+
+impl Report {
+    /// Tests with the given verdict.
+    pub fn with(&self, v: Verdict) -> Vec<&TestResult> {
+        self.tests.iter().filter(|t| t.verdict == v).collect()
+    }
+
+    /// Failed and verdict-less tests, each with what it printed, for a failure message.
+    pub fn describe_failures(&self) -> String {
+        let mut s = String::new();
+        for t in self
+            .tests
+            .iter()
+            .filter(|t| matches!(t.verdict, Verdict::Failed | Verdict::NoVerdict))
+        {
+            s.push_str(&format!("  {:?}: {}\n", t.verdict, t.name()));
+            for l in t.lines.iter().filter(|l| !l.trim().is_empty()).take(12) {
+                s.push_str(&format!("      {}\n", l.trim_end()));
+            }
+        }
+        s
+    }
+
+    /// One line: counts by verdict.
+    pub fn counts(&self) -> String {
+        format!(
+            "{} tests: {} passed, {} failed, {} skipped, {} without verdict",
+            self.tests.len(),
+            self.with(Verdict::Passed).len(),
+            self.with(Verdict::Failed).len(),
+            self.with(Verdict::Skipped).len(),
+            self.with(Verdict::NoVerdict).len()
+        )
+    }
+}
+
+/// Parses `iscsi-test-cu` output.
+pub fn parse(output: &str) -> Report {
+    let mut report = Report::default();
+    let mut suite = String::new();
+    let mut cur: Option<(String, Vec<String>)> = None;
+    let mut lines = output.lines();
+    let close = |cur: &mut Option<(String, Vec<String>)>, suite: &str, report: &mut Report| {
+        if let Some((test, lines)) = cur.take() {
+            report.tests.push(TestResult {
+                suite: suite.to_string(),
+                test,
+                verdict: verdict(&lines),
+                lines,
+            });
+        }
+    };
+    while let Some(line) = lines.next() {
+        if let Some(rest) = line.trim_start().strip_prefix("Suite: ") {
+            close(&mut cur, &suite, &mut report);
+            suite = rest.trim().to_string();
+        } else if let Some(rest) = line.trim_start().strip_prefix("Test: ") {
+            close(&mut cur, &suite, &mut report);
+            let (name, tail) = rest.split_once(" ...").unwrap_or((rest, ""));
+            cur = Some((name.trim().to_string(), vec![tail.to_string()]));
+        } else if line.starts_with("Run Summary:") {
+            close(&mut cur, &suite, &mut report);
+            for row in lines.by_ref().take(3) {
+                let f: Vec<&str> = row.split_whitespace().collect();
+                if f.first() == Some(&"tests") && f.len() >= 6 {
+                    let n = |i: usize| f[i].parse().unwrap_or(0);
+                    report.summary = Some(Summary {
+                        total: n(1),
+                        ran: n(2),
+                        passed: n(3),
+                        failed: n(4),
+                        inactive: n(5),
+                    });
+                }
+            }
+        } else if let Some((_, lines)) = cur.as_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    close(&mut cur, &suite, &mut report);
+    report
+}
+
+fn verdict(lines: &[String]) -> Verdict {
+    // The same rules as ../shared/peers/cu-summary.py: libiscsi also prints
+    // informational "[FAILED] ..." lines inside tests that CUnit still passes.
+    let failed = lines.iter().any(|l| {
+        let t = l.trim();
+        t == "FAILED" || t == "...FAILED" || l.contains("...FAILED")
+    });
+    let passed = lines.iter().any(|l| {
+        let t = l.trim_start();
+        t.starts_with("passed") || t.starts_with("...passed")
+    });
+    if failed {
+        Verdict::Failed
+    } else if !passed {
+        Verdict::NoVerdict
+    } else if lines.iter().any(|l| l.contains("[SKIPPED]")) {
+        Verdict::Skipped
+    } else {
+        Verdict::Passed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r"
+
+     CUnit - A unit testing framework for C - Version 2.1-3
+Suite: iSCSIcmdsn
+  Test: iSCSICmdSnTooHigh ...passed
+Suite: iSCSIdatasn
+  Test: iSCSIDataSnInvalid ...FAILED
+    1. test_iscsi_datasn_invalid.c:98  - CU_ASSERT_NOT_EQUAL(ret,0)
+Suite: Inquiry
+  Test: BlockLimits ...    [SKIPPED] Logical unit is fully provisioned. Skipping test
+passed
+  Test: Standard ...    [FAILED] informational line CUnit still passes
+passed
+  Test: Crashed ...
+
+Run Summary:    Type  Total    Ran Passed Failed Inactive
+              suites      4      4    n/a      0        0
+               tests     15     15     14      1        0
+             asserts    337    337    333      4      n/a
+";
+
+    #[test]
+    fn verdicts_and_summary_are_read() {
+        let r = parse(SAMPLE);
+        let v: Vec<(String, Verdict)> = r.tests.iter().map(|t| (t.name(), t.verdict)).collect();
+        assert_eq!(
+            v,
+            vec![
+                ("iSCSIcmdsn.iSCSICmdSnTooHigh".into(), Verdict::Passed),
+                ("iSCSIdatasn.iSCSIDataSnInvalid".into(), Verdict::Failed),
+                ("Inquiry.BlockLimits".into(), Verdict::Skipped),
+                ("Inquiry.Standard".into(), Verdict::Passed),
+                ("Inquiry.Crashed".into(), Verdict::NoVerdict),
+            ]
+        );
+        assert_eq!(
+            r.summary,
+            Some(Summary {
+                total: 15,
+                ran: 15,
+                passed: 14,
+                failed: 1,
+                inactive: 0
+            })
+        );
+        assert!(r.describe_failures().contains("CU_ASSERT_NOT_EQUAL"));
+    }
+
+    #[test]
+    fn output_cut_short_has_no_summary() {
+        let r = parse("Suite: Read10\n  Test: Simple ...");
+        assert_eq!(r.summary, None);
+        assert_eq!(r.tests[0].verdict, Verdict::NoVerdict);
+    }
+}

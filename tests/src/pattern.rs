@@ -1,0 +1,58 @@
+//! Deterministic pseudo-random test data (xorshift64*), so a failure can be replayed
+//! and no dependency is needed.
+
+/// A small, fast, seedable generator; not for anything but test data.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed` (any value, zero included).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A value in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// `len` random bytes from `seed`.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Rng::new(seed).fill(&mut v);
+    v
+}
+
+/// Where two equal-length buffers first differ, as a message for an assertion.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<String> {
+    if a.len() != b.len() {
+        return Some(format!("lengths differ: {} vs {}", a.len(), b.len()));
+    }
+    let i = a.iter().zip(b).position(|(x, y)| x != y)?;
+    let end = (i + 16).min(a.len());
+    Some(format!(
+        "first difference at byte {i} (block {} of 512): {:02x?} vs {:02x?}",
+        i / 512,
+        &a[i..end],
+        &b[i..end]
+    ))
+}
