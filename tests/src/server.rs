@@ -210,20 +210,15 @@ impl Mosaic {
 
     /// Like [`Mosaic::start`], with extra command-line arguments.
     pub fn start_with(volumes: &[Volume], extra: &[&str]) -> Mosaic {
-        let mut dir = tempfile::Builder::new()
-            .prefix("mosaic-test-")
-            .tempdir()
-            .expect("temp dir");
         if let Some(ext) = external() {
             return Mosaic {
                 child: None,
                 addr: ext.addr,
                 external: Some(ext),
-                dir,
+                dir: new_dir(),
                 args: Vec::new(),
             };
         }
-        let bin = mosaic_bin();
         let log_level = std::env::var("MOSAIC_TEST_LOG").unwrap_or_else(|_| "info".into());
         let mut last_log = String::new();
         for attempt in 1..=PORT_ATTEMPTS {
@@ -233,8 +228,9 @@ impl Mosaic {
                 "serve".to_string(),
                 "--portal".into(),
                 addr.to_string(),
+                // Relative to the server's working directory, its private temp dir.
                 "--data-dir".into(),
-                dir.path().join("data").display().to_string(),
+                "data".into(),
                 "--log".into(),
                 log_level.clone(),
             ];
@@ -243,25 +239,11 @@ impl Mosaic {
                 args.push(v.arg());
             }
             args.extend(extra.iter().map(|s| s.to_string()));
-            let child = spawn(bin, &args, dir.path());
-            let mut m = Mosaic {
-                child: Some(child),
-                addr,
-                external: None,
-                dir,
-                args,
-            };
-            match m.wait_listening() {
-                Ok(()) => return m,
+            match Mosaic::launch(&args, addr) {
+                Ok(m) => return m,
                 Err(log) => {
+                    let in_use = log.to_ascii_lowercase().contains("in use");
                     last_log = log;
-                    let in_use = last_log.to_ascii_lowercase().contains("in use");
-                    m.stop();
-                    dir = tempfile::Builder::new()
-                        .prefix("mosaic-test-")
-                        .tempdir()
-                        .expect("temp dir");
-                    drop(m);
                     if !in_use {
                         break;
                     }
@@ -272,10 +254,43 @@ impl Mosaic {
         panic!("mosaic did not start listening; its output:\n{last_log}");
     }
 
+    /// Starts `mosaic ARGS...` in a fresh temp dir (its working directory) and waits
+    /// until `addr` accepts connections. On failure, returns what it printed.
+    pub fn launch(args: &[String], addr: SocketAddr) -> Result<Mosaic, String> {
+        let dir = new_dir();
+        let child = spawn(mosaic_bin(), args, dir.path());
+        let mut m = Mosaic {
+            child: Some(child),
+            addr,
+            external: None,
+            dir,
+            args: args.to_vec(),
+        };
+        match m.wait_listening() {
+            Ok(()) => Ok(m),
+            Err(log) => {
+                m.stop();
+                Err(log)
+            }
+        }
+    }
+
+    /// Runs `mosaic ARGS...` to completion (for arguments it must refuse), in a fresh
+    /// temp dir, killing it after `limit`.
+    pub fn run_to_exit(args: &[&str], limit: Duration) -> crate::tools::RunOutput {
+        let dir = new_dir();
+        let mut cmd = Command::new(mosaic_bin());
+        cmd.args(args).current_dir(dir.path());
+        die_with_parent(&mut cmd);
+        crate::tools::run(&mut cmd, limit)
+    }
+
     fn wait_listening(&mut self) -> Result<(), String> {
         let start = Instant::now();
         loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+                && self.is_alive()
+            {
                 return Ok(());
             }
             if let Some(status) = self
@@ -399,6 +414,13 @@ impl Drop for Mosaic {
         }
         self.stop();
     }
+}
+
+fn new_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mosaic-test-")
+        .tempdir()
+        .expect("temp dir")
 }
 
 fn spawn(bin: &Path, args: &[String], dir: &Path) -> Child {
