@@ -22,6 +22,7 @@
 pub mod error;
 pub mod model;
 pub mod placement;
+pub mod plan;
 pub mod route;
 
 pub use error::RoutingError;
@@ -30,4 +31,8 @@ pub use model::{
     DEFAULT_PAGE_SIZE,
 };
 pub use placement::{plan_create_volume, plan_resize_volume};
+pub use plan::{
+    plan_hot_pages, plan_node_added, plan_node_drain, plan_node_failure, plan_node_removed,
+    plan_rebalance, Action, Loads, Move, NodeLoad, PageLoad, PageRef, Plan,
+};
 pub use route::{Piece, Split};

@@ -261,8 +261,15 @@ fn place(
         })
         .collect();
     let total: i128 = weight.iter().sum::<i128>().max(1);
-    let mut credit_p = vec![0i128; cluster.len()];
-    let mut credit_r = vec![0i128; cluster.len()];
+    let n = cluster.len();
+    let mut credit_p = vec![0i128; n];
+    // One credit line per primary node: the replicas of each node's pages spread
+    // over all the other nodes (by capacity), so that a failed node's work is
+    // taken over by many nodes, not by one neighbour.
+    let mut credit_r = vec![0i128; n * n];
+    // And one line over all replicas, so that each node's replica total follows
+    // its capacity closely too.
+    let mut credit_all = vec![0i128; n];
     let mut holders: Vec<usize> = Vec::with_capacity(copies);
 
     for page in first..pages {
@@ -279,14 +286,19 @@ fn place(
         cluster.primary_used[p] += bytes;
         holders.push(p);
         primaries.push(cluster.ids[p]);
+        let line = &mut credit_r[p * n..(p + 1) * n];
         for _ in 0..r {
             for &i in &active {
-                credit_r[i] += weight[i];
+                line[i] += weight[i];
+                credit_all[i] += weight[i];
             }
             let q = cluster
-                .pick(&holders, bytes, |i| std::cmp::Reverse(credit_r[i]))
+                .pick(&holders, bytes, |i| {
+                    std::cmp::Reverse(line[i] + credit_all[i])
+                })
                 .ok_or(RoutingError::InsufficientCapacity { needed, free })?;
-            credit_r[q] -= total;
+            line[q] -= total;
+            credit_all[q] -= total;
             cluster.used[q] += bytes;
             holders.push(q);
             replicas.push(Replica {
