@@ -653,7 +653,9 @@ impl Session {
         Ok(())
     }
 
-    /// Runs a command and insists on GOOD status.
+    /// Runs a command and insists on GOOD status. A UNIT ATTENTION (e.g. "power on
+    /// or reset occurred", which targets report once to each new I_T nexus) is
+    /// retried, as initiators do.
     pub fn command_good(
         &mut self,
         what: &str,
@@ -661,15 +663,22 @@ impl Session {
         data_out: &[u8],
         read_len: u32,
     ) -> Result<ScsiResult> {
-        let r = self.command(cdb, data_out, read_len)?;
-        if r.status != GOOD {
-            return Err(Error::Protocol(format!(
-                "{what}: status {:#04x}, sense {:?}",
-                r.status,
-                r.sense_key()
-            )));
+        let mut attempts = 0;
+        loop {
+            let r = self.command(cdb, data_out, read_len)?;
+            attempts += 1;
+            if r.status == GOOD {
+                return Ok(r);
+            }
+            let unit_attention = matches!(r.sense_key(), Some((0x06, _, _)));
+            if !(r.status == CHECK_CONDITION && unit_attention && attempts < 4) {
+                return Err(Error::Protocol(format!(
+                    "{what}: status {:#04x}, sense (key, ASC, ASCQ) {:x?}",
+                    r.status,
+                    r.sense_key()
+                )));
+            }
         }
-        Ok(r)
     }
 
     /// TEST UNIT READY.

@@ -26,3 +26,15 @@ pub const IQN_PREFIX: &str = "iqn.2026-11.io.mosaic:";
 pub fn target_iqn(volume: &str) -> String {
     format!("{IQN_PREFIX}{volume}")
 }
+
+/// Logs in to `volume` on `server` (its LUN set) with `opts` made for that target.
+pub fn login(
+    server: &server::Mosaic,
+    volume: &str,
+    tweak: impl FnOnce(initiator::LoginOptions) -> initiator::LoginOptions,
+) -> initiator::Result<initiator::Session> {
+    let opts = tweak(initiator::LoginOptions::new(&server.iqn(volume)));
+    let mut s = initiator::Session::login(server.addr(), &opts)?;
+    s.lun = server.lun();
+    Ok(s)
+}
