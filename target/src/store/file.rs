@@ -49,6 +49,15 @@ impl FileStore {
         })
     }
 
+    /// Wraps an already open file, e.g. one opened read-only to make writes fail.
+    #[cfg(test)]
+    pub(crate) fn from_file(file: File, size: u64) -> FileStore {
+        FileStore {
+            file: Arc::new(file),
+            size,
+        }
+    }
+
     /// Size in bytes.
     pub fn len(&self) -> u64 {
         self.size
