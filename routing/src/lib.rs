@@ -24,6 +24,7 @@ pub mod model;
 pub mod placement;
 pub mod plan;
 pub mod route;
+pub mod wire;
 
 pub use error::RoutingError;
 pub use model::{
