@@ -899,3 +899,27 @@ async fn concurrent_writes_to_distinct_blocks_all_land() {
         assert!(all[i * 512..(i + 1) * 512].iter().all(|&b| b == i as u8));
     }
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn execute_never_panics_and_status_is_good_or_check(
+            cdb in proptest::collection::vec(any::<u8>(), 0..32),
+            lun in 0u64..3,
+            data_out in proptest::collection::vec(any::<u8>(), 0..2048),
+            edtl in any::<u32>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let lu = lu_with(64, 512);
+            let r = rt.block_on(exec_lun(&lu, lun, &cdb, &data_out, edtl));
+            prop_assert!(r.status == status::GOOD || r.status == status::CHECK_CONDITION);
+            prop_assert_eq!(r.status == status::CHECK_CONDITION, !r.sense.is_empty());
+            if r.status == status::GOOD {
+                prop_assert_eq!(r.data_in.len() as u64 <= u64::from(r.transfer_len), true);
+            }
+        }
+    }
+}
