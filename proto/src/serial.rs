@@ -14,14 +14,14 @@ const HALF: u32 = 1 << 31;
 impl Serial {
     /// The serial `n` steps ahead, wrapping as RFC 1982 §3.1 addition does.
     #[inline]
-    pub fn add(self, n: u32) -> Serial {
+    pub fn plus(self, n: u32) -> Serial {
         Serial(self.0.wrapping_add(n))
     }
 
     /// The next serial.
     #[inline]
     pub fn next(self) -> Serial {
-        self.add(1)
+        self.plus(1)
     }
 
     /// How far `self` is ahead of `other`, wrapping (meaningful when `self >= other`).
@@ -96,8 +96,8 @@ mod tests {
     proptest! {
         #[test]
         fn add_orders_forward(a: u32, n in 1u32..HALF) {
-            prop_assert!(Serial(a) < Serial(a).add(n));
-            prop_assert_eq!(Serial(a).add(n).distance_from(Serial(a)), n);
+            prop_assert!(Serial(a) < Serial(a).plus(n));
+            prop_assert_eq!(Serial(a).plus(n).distance_from(Serial(a)), n);
         }
     }
 }

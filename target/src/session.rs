@@ -56,7 +56,7 @@ impl CmdWindow {
         // MaxCmdSN = ExpCmdSN + (free slots) - 1; with no free slot it is ExpCmdSN - 1,
         // which closes the window.
         let free = depth.saturating_sub(s.in_flight);
-        s.exp_cmd_sn.add(free).add(u32::MAX) // + free - 1, wrapping
+        s.exp_cmd_sn.plus(free).plus(u32::MAX) // + free - 1, wrapping
     }
 
     /// Checks a command's CmdSN and, for a non-immediate command in the window,
