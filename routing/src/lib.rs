@@ -21,6 +21,7 @@
 
 pub mod error;
 pub mod model;
+pub mod nic;
 pub mod placement;
 pub mod plan;
 pub mod route;
@@ -31,6 +32,7 @@ pub use model::{
     Epoch, Nic, NicId, Node, NodeId, NodeState, Replica, RoutingTable, Volume, VolumeId, VolumeMap,
     DEFAULT_PAGE_SIZE,
 };
+pub use nic::{NicError, NicPlanner, NicSlot, Reassignment};
 pub use placement::{plan_create_volume, plan_resize_volume};
 pub use plan::{
     plan_hot_pages, plan_node_added, plan_node_drain, plan_node_failure, plan_node_removed,
