@@ -19,6 +19,7 @@
 //! - [`dmswitch`]: the table as a Linux device-mapper switch table and its
 //!   `set_region_mappings` messages (docs/dm-switch.md).
 
+pub mod dmswitch;
 pub mod error;
 pub mod model;
 pub mod nic;
