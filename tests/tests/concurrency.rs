@@ -20,7 +20,7 @@ const OPS_PER_SESSION: usize = 150;
 const DEADLINE: Duration = Duration::from_secs(240);
 
 fn run(test: &str, volume: Volume, digests: bool, sessions: usize) {
-    let mut server = Mosaic::start(&[volume.clone()]);
+    let mut server = Mosaic::start(std::slice::from_ref(&volume));
     let start = Instant::now();
     let deadline = start + DEADLINE;
     let errors = Mutex::new(Vec::<String>::new());

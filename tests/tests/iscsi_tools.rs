@@ -170,7 +170,15 @@ fn no_arguments_serves_the_demo_volume_on_3260() {
     }
     let mut server = Mosaic::launch(&[], addr)
         .unwrap_or_else(|log| panic!("`mosaic` with no arguments did not listen:\n{log}"));
-    let printed = server.log();
+    // The connect instructions may be printed just after the port opens.
+    let waited = std::time::Instant::now();
+    let mut printed = server.log();
+    while !printed.contains("iqn.2026-11.io.mosaic:demo")
+        && waited.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        printed = server.log();
+    }
     assert!(
         printed.contains("iqn.2026-11.io.mosaic:demo"),
         "the startup message should name the demo target:\n{printed}"
