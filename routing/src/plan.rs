@@ -282,12 +282,19 @@ pub fn plan_node_failure(
                         to
                     }
                     None => {
-                        let i = cl.pick(&[], bytes, |i| projected[i]).ok_or(
-                            RoutingError::NotEnoughNodes {
+                        // An active node if there is one, else any live node:
+                        // a draining node still serves.
+                        let i = cl
+                            .pick(&[], bytes, |i| projected[i])
+                            .or_else(|| {
+                                (0..cl.len())
+                                    .filter(|&i| cl.state[i] != NodeState::Failed)
+                                    .min_by(|&a, &b| projected[a].total_cmp(&projected[b]))
+                            })
+                            .ok_or(RoutingError::NotEnoughNodes {
                                 needed: 1,
                                 available: 0,
-                            },
-                        )?;
+                            })?;
                         cl.used[i] += bytes;
                         plan.moves.push(Move {
                             page: pref,
