@@ -93,6 +93,8 @@ pub struct LoginOptions {
     pub initial_r2t: bool,
     pub first_burst_length: u32,
     pub max_burst_length: u32,
+    /// `Normal` (the default) or `Discovery` (then no TargetName is sent).
+    pub session_type: &'static str,
     pub timeout: Duration,
 }
 
@@ -109,7 +111,16 @@ impl LoginOptions {
             initial_r2t: true,
             first_burst_length: 65_536,
             max_burst_length: 262_144,
+            session_type: "Normal",
             timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// A Discovery session (for SendTargets).
+    pub fn discovery() -> LoginOptions {
+        LoginOptions {
+            session_type: "Discovery",
+            ..LoginOptions::new("")
         }
     }
 
@@ -123,16 +134,24 @@ impl LoginOptions {
     fn keys(&self) -> Vec<(String, String)> {
         let digest = |on: bool| if on { "CRC32C,None" } else { "None" };
         let yes_no = |b: bool| if b { "Yes" } else { "No" };
-        [
-            ("InitiatorName", self.initiator_name.clone()),
-            ("TargetName", self.target_name.clone()),
-            ("SessionType", "Normal".into()),
+        let mut keys: Vec<(&str, String)> = vec![("InitiatorName", self.initiator_name.clone())];
+        if self.session_type != "Discovery" {
+            keys.push(("TargetName", self.target_name.clone()));
+        }
+        keys.push(("SessionType", self.session_type.into()));
+        keys.extend([
             ("HeaderDigest", digest(self.header_digest).into()),
             ("DataDigest", digest(self.data_digest).into()),
             (
                 "MaxRecvDataSegmentLength",
                 OUR_MAX_RECV_DATA_SEGMENT_LENGTH.to_string(),
             ),
+        ]);
+        if self.session_type == "Discovery" {
+            // The session-wide data-movement keys are irrelevant there (RFC 7143 §13).
+            return keys.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        }
+        keys.extend([
             ("InitialR2T", yes_no(self.initial_r2t).into()),
             ("ImmediateData", yes_no(self.immediate_data).into()),
             ("FirstBurstLength", self.first_burst_length.to_string()),
@@ -141,10 +160,8 @@ impl LoginOptions {
             ("ErrorRecoveryLevel", "0".into()),
             ("DefaultTime2Wait", "0".into()),
             ("DefaultTime2Retain", "0".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        ]);
+        keys.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 }
 
@@ -759,6 +776,51 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// A Text Request exchange (RFC 7143 §11.10), following continued responses;
+    /// returns every key the target sent.
+    pub fn text(&mut self, keys: &[(&str, &str)]) -> Result<Vec<(String, String)>> {
+        let itt = self.next_itt();
+        let mut ttt = RESERVED_TAG;
+        let mut data = encode_keys(keys);
+        let mut answer = Vec::new();
+        let mut bytes = Vec::new();
+        for _ in 0..64 {
+            let req = pdu::TextRequest {
+                immediate: false,
+                final_bit: true,
+                continue_bit: false,
+                lun: 0,
+                itt,
+                ttt,
+                cmd_sn: self.take_cmd_sn(),
+                exp_stat_sn: self.exp_stat_sn,
+            };
+            self.send(&Pdu::new(Bhs::TextRequest(req), data))?;
+            data = Bytes::new();
+            let p = self.recv()?;
+            match p.bhs {
+                Bhs::TextResponse(r) if r.itt == itt => {
+                    bytes.extend_from_slice(&p.data);
+                    if r.final_bit && !r.continue_bit {
+                        answer.extend(decode_keys(&bytes));
+                        return Ok(answer);
+                    }
+                    ttt = r.ttt;
+                }
+                Bhs::Reject(r) => return Err(Error::Reject { reason: r.reason }),
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected PDU (opcode {:#04x}) while waiting for a Text Response",
+                        other.opcode()
+                    )))
+                }
+            }
+        }
+        Err(Error::Protocol(
+            "Text Response continued for 64 PDUs".into(),
+        ))
     }
 
     /// Logout (close the session) and wait for the response.
