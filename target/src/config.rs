@@ -102,7 +102,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'M' => 1 << 20,
                 'G' => 1 << 30,
                 'T' => 1 << 40,
-                _ => return Err(format!("unknown size suffix {c:?} in {s:?} (use K, M, G or T)")),
+                _ => {
+                    return Err(format!(
+                        "unknown size suffix {c:?} in {s:?} (use K, M, G or T)"
+                    ))
+                }
             };
             (&s[..i], m)
         }
@@ -294,7 +298,10 @@ impl Config {
         let l = &self.limits;
         // RFC 7143 §13.12-§13.14: these lengths lie in 512..=2^24-1.
         for (name, v) in [
-            ("limits.max_recv_data_segment_length", l.max_recv_data_segment_length),
+            (
+                "limits.max_recv_data_segment_length",
+                l.max_recv_data_segment_length,
+            ),
             ("limits.max_burst_length", l.max_burst_length),
             ("limits.first_burst_length", l.first_burst_length),
         ] {
@@ -318,7 +325,10 @@ impl Config {
             return Err(invalid("limits.max_sessions", "must be at least 1"));
         }
         if self.nop_interval_secs > 0 && self.nop_timeout_secs == 0 {
-            return Err(invalid("nop_timeout_secs", "must be at least 1 when pings are on"));
+            return Err(invalid(
+                "nop_timeout_secs",
+                "must be at least 1 when pings are on",
+            ));
         }
         let mut volumes = Vec::new();
         for (i, v) in self.volumes.iter().enumerate() {

@@ -1,6 +1,17 @@
 //! The Mosaic target node.
+//!
+//! - [`config`]: the TOML config and CLI flags, validated with errors that name the field.
+//! - [`server`]: volumes, portal listeners, accepting connections, shutdown.
+//! - [`conn`]: one connection: the reader state machine and the writer task.
+//! - [`login`]: the target side of login (pure logic over the proto negotiator).
+//! - [`session`]: the CmdSN window, TSIH assignment and session reinstatement.
+//! - [`scsi`]: the SCSI block device (logical unit) that executes CDBs.
+//! - [`store`]: backing stores (sparse file, memory).
 
 pub mod config;
+pub mod conn;
+pub mod login;
 pub mod scsi;
+pub mod server;
 pub mod session;
 pub mod store;

@@ -233,7 +233,11 @@ mod tests {
         assert_eq!(w.admit(14, false), CmdSnVerdict::Ignore);
         assert_eq!(w.admit(10, false), CmdSnVerdict::Accept);
         assert_eq!(w.current(), (11, 13));
-        assert_eq!(w.admit(10, false), CmdSnVerdict::Ignore, "duplicate is below ExpCmdSN");
+        assert_eq!(
+            w.admit(10, false),
+            CmdSnVerdict::Ignore,
+            "duplicate is below ExpCmdSN"
+        );
     }
 
     #[test]
@@ -310,6 +314,9 @@ mod tests {
             target_name: "iqn.t".into(),
         };
         let _a = reg.register(k(1), 1).await.unwrap();
-        assert_eq!(reg.register(k(2), 1).await.unwrap_err(), RegistryError::Full);
+        assert_eq!(
+            reg.register(k(2), 1).await.unwrap_err(),
+            RegistryError::Full
+        );
     }
 }

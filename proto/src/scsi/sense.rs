@@ -68,6 +68,9 @@ impl Asc {
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: Asc = Asc::new(0x3f, 0x0e);
     pub const COMMAND_PHASE_ERROR: Asc = Asc::new(0x4a, 0x00);
     pub const DATA_PHASE_ERROR: Asc = Asc::new(0x4b, 0x00);
+    pub const INVALID_TARGET_PORT_TRANSFER_TAG: Asc = Asc::new(0x4b, 0x01);
+    pub const TOO_MUCH_WRITE_DATA: Asc = Asc::new(0x4b, 0x02);
+    pub const DATA_OFFSET_ERROR: Asc = Asc::new(0x4b, 0x05);
     pub const ASYMMETRIC_ACCESS_STATE_CHANGED: Asc = Asc::new(0x2a, 0x06);
 
     /// An ASC/ASCQ pair.

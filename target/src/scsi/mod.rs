@@ -190,6 +190,11 @@ impl LogicalUnit {
         &self.cfg
     }
 
+    /// Writes everything buffered to stable storage (shutdown, SYNCHRONIZE CACHE).
+    pub async fn flush(&self) -> Result<(), crate::store::StoreError> {
+        self.store.flush().await
+    }
+
     /// Executes one command (SAM-5 §5.1). Never panics; store errors become MEDIUM ERROR.
     pub async fn execute(&self, req: ScsiRequest) -> ScsiResult {
         let cdb = match Cdb::decode(&req.cdb) {

@@ -1,0 +1,209 @@
+//! The target process: volumes opened as logical units, one listener per portal,
+//! a bounded number of connections, and orderly shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use mosaic_proto::negotiate::TargetLimits;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::config::{Backing, Settings};
+use crate::login::LoginTarget;
+use crate::scsi::{LogicalUnit, LuConfig};
+use crate::session::SessionRegistry;
+use crate::store::BackingStore;
+
+/// Connections a target accepts at once, beyond which new ones wait in the kernel's
+/// backlog; a few per session allowed, so discovery can always get in.
+const CONNECTIONS_PER_SESSION: u32 = 2;
+
+/// One exported volume.
+#[derive(Debug)]
+pub struct Export {
+    pub iqn: String,
+    pub lu: Arc<LogicalUnit>,
+}
+
+/// Everything the connections of a target share.
+#[derive(Debug)]
+pub struct Target {
+    pub settings: Settings,
+    /// Volumes by target IQN.
+    pub exports: HashMap<String, Export>,
+    pub registry: Arc<SessionRegistry>,
+    pub login: LoginTarget,
+    /// Addresses actually bound (for SendTargets and tests using port 0).
+    pub bound: Vec<SocketAddr>,
+}
+
+/// Our target portal group tag: a single node is a single portal group.
+pub const PORTAL_GROUP_TAG: u16 = 1;
+
+/// Opens every volume of the settings as a logical unit.
+pub fn open_exports(settings: &Settings) -> Result<HashMap<String, Export>> {
+    let mut exports = HashMap::new();
+    for (i, v) in settings.volumes.iter().enumerate() {
+        let store = match v.backing {
+            Backing::File => {
+                if let Some(dir) = v.path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating data directory {}", dir.display()))?;
+                }
+                BackingStore::open_file(&v.path, v.size)
+                    .with_context(|| format!("volume {}: opening {}", v.name, v.path.display()))?
+            }
+            Backing::Memory => BackingStore::memory(v.size),
+        };
+        let lu = LogicalUnit::new(
+            LuConfig {
+                name: v.name.clone(),
+                block_size: v.block_size,
+                serial: format!("MOSAIC{:010}", stable_hash(&v.iqn) % 10_000_000_000),
+                naa_id: stable_hash(&v.iqn),
+                vendor: "MOSAIC".into(),
+                product: "Mosaic volume".into(),
+                revision: "0001".into(),
+                target_name: v.iqn.clone(),
+                relative_port: 1,
+                tpg: PORTAL_GROUP_TAG,
+            },
+            store,
+        )
+        .with_context(|| format!("volume {} (volumes[{i}])", v.name))?;
+        exports.insert(
+            v.iqn.clone(),
+            Export {
+                iqn: v.iqn.clone(),
+                lu: Arc::new(lu),
+            },
+        );
+    }
+    Ok(exports)
+}
+
+/// FNV-1a: a hash that stays the same across runs and builds, so a volume keeps
+/// its device identity (VPD 0x83) and serial number across restarts.
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The negotiation limits derived from the configuration.
+pub fn target_limits(settings: &Settings) -> TargetLimits {
+    let l = &settings.limits;
+    TargetLimits {
+        max_recv_data_segment_length: l.max_recv_data_segment_length,
+        max_burst_length: l.max_burst_length,
+        first_burst_length: l.first_burst_length,
+        max_outstanding_r2t: l.max_outstanding_r2t,
+        immediate_data: l.immediate_data,
+        initial_r2t: l.initial_r2t,
+        ..TargetLimits::default()
+    }
+}
+
+/// A running target: its listeners are bound; `run` serves until shutdown.
+#[derive(Debug)]
+pub struct Server {
+    target: Arc<Target>,
+    listeners: Vec<TcpListener>,
+}
+
+impl Server {
+    /// Opens the volumes and binds every portal.
+    pub async fn bind(settings: Settings) -> Result<Server> {
+        let exports = open_exports(&settings)?;
+        let mut listeners = Vec::new();
+        let mut bound = Vec::new();
+        for p in &settings.portals {
+            let l = TcpListener::bind(p)
+                .await
+                .with_context(|| format!("binding portal {p}"))?;
+            bound.push(l.local_addr()?);
+            listeners.push(l);
+        }
+        let login = LoginTarget {
+            target_names: exports.keys().cloned().collect(),
+            portal_group_tag: PORTAL_GROUP_TAG,
+            limits: target_limits(&settings),
+        };
+        let target = Arc::new(Target {
+            settings,
+            exports,
+            registry: Arc::new(SessionRegistry::default()),
+            login,
+            bound,
+        });
+        Ok(Server { target, listeners })
+    }
+
+    /// The shared target state.
+    pub fn target(&self) -> &Arc<Target> {
+        &self.target
+    }
+
+    /// Accepts connections on every portal until `shutdown` turns `true`.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<()> {
+        let max_conns = self
+            .target
+            .settings
+            .limits
+            .max_sessions
+            .saturating_mul(CONNECTIONS_PER_SESSION) as usize;
+        let permits = Arc::new(Semaphore::new(max_conns));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (listener, addr) in self.listeners.into_iter().zip(self.target.bound.clone()) {
+            info!("listening on {addr}");
+            let target = self.target.clone();
+            let permits = permits.clone();
+            let mut shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                loop {
+                    let permit = tokio::select! {
+                        p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                        _ = crate::conn::stopped(&mut shutdown) => break,
+                    };
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = crate::conn::stopped(&mut shutdown) => break,
+                    };
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            let target = target.clone();
+                            let shutdown = shutdown.clone();
+                            tokio::spawn(async move {
+                                crate::conn::serve(target, stream, peer, shutdown).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(e) => {
+                            warn!("accept on {addr}: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        // Let connections notice the shutdown and close, bounded.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while permits.available_permits() < max_conns && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        for e in self.target.exports.values() {
+            if let Err(err) = e.lu.flush().await {
+                warn!("flushing {} at shutdown: {err}", e.iqn);
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
