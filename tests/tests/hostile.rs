@@ -96,6 +96,7 @@ impl Scene {
 
 /// Asserts `outcome` is a drop, a Reject, or a login reject.
 fn assert_rejected_or_dropped(what: &str, outcome: &Outcome) {
+    eprintln!("{what}: {outcome:?}");
     match outcome {
         Outcome::Closed => {}
         Outcome::Answered(pdus) => {
@@ -510,6 +511,7 @@ fn cmdsn_outside_the_window() {
         let bad = vec![0xcc; 512];
         let _ = s.send(&Pdu::new(cmd, Bytes::from(bad)));
         let outcome = initiator::observe(s.stream(), ffp_limits(false), Duration::from_secs(3));
+        eprintln!("CmdSN {what}: {outcome:?}");
         match &outcome {
             Outcome::Closed | Outcome::Silent => {}
             Outcome::Answered(pdus) => assert!(
