@@ -196,7 +196,12 @@ pub fn raw_ahs_len(b: &[u8; BHS_LEN]) -> usize {
 /// DataSegmentLength of a raw header, in bytes (without padding).
 #[inline]
 pub fn raw_data_len(b: &[u8; BHS_LEN]) -> u32 {
-    u32::from_be_bytes([0, b[OFF_DATA_SEG_LEN], b[OFF_DATA_SEG_LEN + 1], b[OFF_DATA_SEG_LEN + 2]])
+    u32::from_be_bytes([
+        0,
+        b[OFF_DATA_SEG_LEN],
+        b[OFF_DATA_SEG_LEN + 1],
+        b[OFF_DATA_SEG_LEN + 2],
+    ])
 }
 /// Initiator Task Tag of a raw header.
 #[inline]
@@ -661,7 +666,8 @@ impl Bhs {
                 overflow: flag(f, 0x04),
                 underflow: flag(f, 0x02),
                 status_present: flag(f, 0x01),
-                status: b[3],
+                // The status byte is meaningful only with the S bit (RFC 7143 §11.7.4).
+                status: if flag(f, 0x01) { b[3] } else { 0 },
                 lun,
                 itt,
                 ttt: u32_at(b, OFF_20),
