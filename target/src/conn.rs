@@ -51,6 +51,9 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_TEXT: usize = 64 * 1024;
 /// Aborted tasks whose late Data-Out PDUs we silently drop, remembered per connection.
 const ABORTED_MEMORY: usize = 1024;
+/// Bytes reserved for a write's data before it arrives; the buffer grows as data
+/// comes, so a large EDTL alone cannot make us allocate.
+const INITIAL_WRITE_BUFFER: usize = 1 << 20;
 /// AHS type of an extended CDB (RFC 7143 §11.2.2.3).
 const AHS_EXTENDED_CDB: u8 = 1;
 /// Largest CDB we accept: 16 bytes in the BHS plus an extended-CDB AHS (SPC-4 §4.2.5).
@@ -723,6 +726,22 @@ impl Conn {
         }
         // A write: gather immediate, unsolicited and solicited data (RFC 7143 §4.2.4).
         let unsolicited = !c.final_bit;
+        if edtl as u64 > crate::scsi::MAX_TRANSFER_BYTES as u64 {
+            // More than any command may move (VPD 0xB0): refuse before buffering
+            // anything, and drop whatever unsolicited data follows.
+            warn!(peer = %self.peer, edtl, "write larger than the maximum transfer length");
+            s.remember_aborted(c.itt);
+            let result = ScsiResult {
+                status: mosaic_proto::scsi::status::CHECK_CONDITION,
+                sense: Sense::invalid_field_in_cdb(0, None).to_bytes(),
+                data_in: Bytes::new(),
+                transfer_len: edtl,
+            };
+            for pdu in response_pdus(&c, result, 512, 512, 0) {
+                self.send(pdu, frees_slot).await?;
+            }
+            return Ok(Flow::Continue);
+        }
         if unsolicited && p.initial_r2t {
             self.send(
                 reject_pdu(reject_reason::PROTOCOL_ERROR, &raw()),
@@ -736,7 +755,8 @@ impl Conn {
             s.execute(&self.tx, lu, c, cdb, data, 0);
             return Ok(Flow::Continue);
         }
-        let mut buf = BytesMut::with_capacity(edtl as usize);
+        // Grow with the data actually received rather than trusting EDTL up front.
+        let mut buf = BytesMut::with_capacity((edtl as usize).min(INITIAL_WRITE_BUFFER));
         buf.extend_from_slice(&data);
         let w = PendingWrite {
             cmd: c,
