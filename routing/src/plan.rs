@@ -567,7 +567,7 @@ fn rebalance(mut next: RoutingTable) -> Plan {
                     if cl.distinct_domains(&after) < domains_before {
                         continue;
                     }
-                    if best.map_or(true, |x| dev[b] < dev[x]) {
+                    if best.iter().all(|&x| dev[b] < dev[x]) {
                         best = Some(b);
                     }
                 }
@@ -687,7 +687,8 @@ pub fn plan_hot_pages(table: &RoutingTable, loads: &[PageLoad], budget: usize) -
         let Some(p) = vm.primary(pl.page.page) else {
             continue;
         };
-        if !(pl.load > 0.0) {
+        // Zero, negative and NaN loads carry nothing to move.
+        if pl.load.is_nan() || pl.load <= 0.0 {
             continue;
         }
         let i = cl.idx(p);
@@ -715,7 +716,7 @@ pub fn plan_hot_pages(table: &RoutingTable, loads: &[PageLoad], budget: usize) -
             let mut consider = |dest: usize, is_move: bool| {
                 let result = (peak - l).max(node_load[dest] + l);
                 if result < peak - LOAD_EPSILON
-                    && best.map_or(true, |(r, m, _, _)| (result, is_move) < (r, m))
+                    && best.iter().all(|&(r, m, _, _)| (result, is_move) < (r, m))
                 {
                     best = Some((result, is_move, k, dest));
                 }

@@ -515,7 +515,7 @@ fn parse_body(
             owners_err = Some(WireError::Malformed("runs do not add up to the page count"));
             break;
         }
-        owners.extend(std::iter::repeat(idx as u16).take(len as usize));
+        owners.resize(owners.len() + len as usize, idx as u16);
     }
     if owners_err.is_none() && owners.len() != page_count as usize {
         owners_err = Some(WireError::Malformed("runs do not add up to the page count"));
@@ -624,6 +624,50 @@ mod tests {
             replicas: 1,
         };
         plan_create_volume(&t, v).unwrap()
+    }
+
+    #[test]
+    fn the_documented_example_byte_by_byte() {
+        // docs/wire-formats.md, "Example".
+        let node = Node::new(NodeId(3), 1 << 30)
+            .with_nic(10_000, vec![SocketAddr::from(([127, 0, 0, 1], 3260))]);
+        let mut t = RoutingTable::new([node]).unwrap();
+        let v = Volume {
+            id: VolumeId(7),
+            name: "db".into(),
+            blocks: 1000,
+            block_size: 512,
+            page_size: 32 * 512,
+            replicas: 0,
+        };
+        t = plan_create_volume(&t, v).unwrap();
+        while t.epoch() < Epoch(5) {
+            t = t.mark_all_in_sync();
+        }
+        let bytes = encode(&t, VolumeId(7)).unwrap();
+        #[rustfmt::skip]
+        let expect: &[u8] = &[
+            0x4d, 0x52, 0x54, 0x42, 0x01, 0x00, 0x00, 0x38,
+            0x00, 0x00, 0x00, 0x53,
+            0x00, 0x00, 0x00, 0x01,
+            0, 0, 0, 0, 0, 0, 0, 5,
+            0, 0, 0, 0, 0, 0, 0, 7,
+            0, 0, 0, 0, 0, 0, 0x03, 0xe8,
+            0x00, 0x00, 0x02, 0x00,
+            0x00, 0x00, 0x00, 0x20,
+            0x00, 0x00, 0x00, 0x20,
+            0x00, 0x01,
+            0x00, 0x02,
+            0x64, 0x62,
+            0x00, 0x00, 0x00, 0x03, 0x00, 0x01,
+            0x00, 0x00, 0x00, 0x27, 0x10, 0x01,
+            0x04, 0x7f, 0x00, 0x00, 0x01, 0x0c, 0xbc,
+            0x00, 0x20,
+        ];
+        assert_eq!(&bytes[..bytes.len() - 4], expect);
+        assert_eq!(bytes.len(), 83);
+        let crc = crc32c::crc32c(expect).to_be_bytes();
+        assert_eq!(&bytes[79..], &crc);
     }
 
     #[test]
