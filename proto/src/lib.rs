@@ -6,12 +6,14 @@
 //! - [`pdu`]: the 48-byte basic header segment of every PDU, decoded at fixed offsets
 //!   into typed headers, and encoded back.
 //! - [`frame`]: check-then-parse framing of whole PDUs (AHS, padding, digests).
+//! - [`chap`]: CHAP (MD5) authentication, one-way and mutual (RFC 7143 §12.1.3).
 //! - [`digest`]: CRC32C header and data digests.
 //! - [`serial`]: RFC 1982 serial-number arithmetic for CmdSN, StatSN, DataSN.
 //! - [`text`]: login and text key=value segments.
 //! - [`negotiate`]: the table of RFC 7143 §13 keys and the one negotiator that applies them.
 //! - [`scsi`]: SCSI CDB decoding and sense-data building.
 
+pub mod chap;
 pub mod digest;
 pub mod frame;
 pub mod negotiate;
