@@ -246,7 +246,10 @@ mod tests {
             decode(&mut enc, &digests()),
             Err(FrameError::DataDigest { .. })
         ));
-        assert_eq!(decode(&mut enc, &digests()).unwrap(), Some(sample(b"a=b\0")));
+        assert_eq!(
+            decode(&mut enc, &digests()).unwrap(),
+            Some(sample(b"a=b\0"))
+        );
     }
 
     #[test]

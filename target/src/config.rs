@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mosaic_proto::chap::{ChapConfig, Credentials};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -66,6 +67,84 @@ pub struct VolumeConfig {
     /// Backing file; defaults to `<data_dir>/<name>.img`.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// CHAP an initiator must pass to log in to this volume's target.
+    #[serde(default)]
+    pub chap: Option<ChapSecrets>,
+    /// Initiator names allowed to log in; empty allows all.
+    #[serde(default)]
+    pub initiators: Vec<String>,
+}
+
+/// CHAP secrets as written in the config (RFC 7143 §12.1.3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChapSecrets {
+    /// The name the initiator must give (CHAP_N).
+    pub user: String,
+    /// The secret it must prove it knows.
+    pub secret: String,
+    /// For mutual CHAP: the name we give back.
+    #[serde(default)]
+    pub mutual_user: Option<String>,
+    /// For mutual CHAP: the secret we prove we know.
+    #[serde(default)]
+    pub mutual_secret: Option<String>,
+}
+
+/// Shortest CHAP secret we accept: RFC 7143 §12.1.3 requires at least 96 bits.
+const MIN_CHAP_SECRET: usize = 12;
+/// Longest CHAP secret we accept (RFC 7143 §12.1.3 suggests secrets fit 16 bytes
+/// of entropy; 255 bounds what we store).
+const MAX_CHAP_SECRET: usize = 255;
+
+impl ChapSecrets {
+    fn validate(&self, field: &str) -> Result<ChapConfig, ConfigError> {
+        let check = |name: &str, s: &str| {
+            if s.len() < MIN_CHAP_SECRET || s.len() > MAX_CHAP_SECRET {
+                Err(invalid(
+                    format!("{field}.{name}"),
+                    format!(
+                        "must be {MIN_CHAP_SECRET} to {MAX_CHAP_SECRET} bytes (RFC 7143 §12.1.3)"
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if self.user.is_empty() {
+            return Err(invalid(format!("{field}.user"), "must not be empty"));
+        }
+        check("secret", &self.secret)?;
+        let target = match (&self.mutual_user, &self.mutual_secret) {
+            (None, None) => None,
+            (Some(u), Some(sec)) => {
+                check("mutual_secret", sec)?;
+                if sec == &self.secret {
+                    return Err(invalid(
+                        format!("{field}.mutual_secret"),
+                        "must differ from secret (RFC 7143 §12.1.3)",
+                    ));
+                }
+                Some(Credentials {
+                    user: u.clone(),
+                    secret: sec.clone(),
+                })
+            }
+            _ => {
+                return Err(invalid(
+                    format!("{field}.mutual_user"),
+                    "mutual_user and mutual_secret go together",
+                ))
+            }
+        };
+        Ok(ChapConfig {
+            initiator: Credentials {
+                user: self.user.clone(),
+                secret: self.secret.clone(),
+            },
+            target,
+        })
+    }
 }
 
 fn default_block_size() -> u32 {
@@ -172,6 +251,8 @@ pub struct Config {
     /// Seconds we wait for the answer to a ping before dropping the connection.
     pub nop_timeout_secs: u64,
     pub limits: LimitsConfig,
+    /// CHAP required for discovery sessions, if any.
+    pub discovery_chap: Option<ChapSecrets>,
     pub volumes: Vec<VolumeConfig>,
 }
 
@@ -184,6 +265,7 @@ impl Default for Config {
             nop_interval_secs: 30,
             nop_timeout_secs: 15,
             limits: LimitsConfig::default(),
+            discovery_chap: None,
             volumes: Vec::new(),
         }
     }
@@ -198,6 +280,8 @@ pub struct Volume {
     pub block_size: u32,
     pub backing: Backing,
     pub path: PathBuf,
+    pub chap: Option<ChapConfig>,
+    pub initiators: Vec<String>,
 }
 
 /// The configuration after validation: what the server runs with.
@@ -208,6 +292,7 @@ pub struct Settings {
     pub nop_interval: Option<Duration>,
     pub nop_timeout: Duration,
     pub limits: LimitsConfig,
+    pub discovery_chap: Option<ChapConfig>,
     pub volumes: Vec<Volume>,
 }
 
@@ -243,6 +328,8 @@ impl Config {
             block_size: default_block_size(),
             backing: default_backing(),
             path: None,
+            chap: None,
+            initiators: Vec::new(),
         };
         for part in spec.split(',').filter(|p| !p.is_empty()) {
             let (k, val) = part
@@ -369,6 +456,10 @@ impl Config {
                 .path
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join(format!("{}.img", v.name)));
+            let chap = match &v.chap {
+                Some(c) => Some(c.validate(&f("chap"))?),
+                None => None,
+            };
             volumes.push(Volume {
                 name: v.name.clone(),
                 iqn: format!("{}:{}", self.iqn_prefix, v.name),
@@ -376,6 +467,8 @@ impl Config {
                 block_size: v.block_size,
                 backing: v.backing,
                 path,
+                chap,
+                initiators: v.initiators.clone(),
             });
         }
         if volumes.is_empty() {
@@ -388,6 +481,10 @@ impl Config {
                 .then(|| Duration::from_secs(self.nop_interval_secs)),
             nop_timeout: Duration::from_secs(self.nop_timeout_secs.max(1)),
             limits: self.limits.clone(),
+            discovery_chap: match &self.discovery_chap {
+                Some(c) => Some(c.validate("discovery_chap")?),
+                None => None,
+            },
             volumes,
         })
     }
@@ -400,6 +497,8 @@ impl Config {
             block_size: 512,
             backing: Backing::File,
             path: None,
+            chap: None,
+            initiators: Vec::new(),
         }
     }
 }
@@ -455,6 +554,24 @@ mod tests {
         let c = Config::from_toml("[[volumes]]\nname=\"v\"\nsize=1000\n").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.starts_with("volumes[0].size"), "{e}");
+    }
+
+    #[test]
+    fn short_chap_secret_names_the_field() {
+        let c =
+            Config::from_toml(&with_volume("chap = { user = \"u\", secret = \"short\" }")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("volumes[0].chap.secret"), "{e}");
+    }
+
+    #[test]
+    fn mutual_chap_needs_both_halves() {
+        let c = Config::from_toml(&with_volume(
+            "chap = { user = \"u\", secret = \"0123456789ab\", mutual_user = \"t\" }",
+        ))
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("volumes[0].chap.mutual_user"), "{e}");
     }
 
     #[test]

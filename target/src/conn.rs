@@ -190,7 +190,12 @@ impl Conn {
     async fn login(
         &mut self,
     ) -> Result<(crate::login::LoginResult, LoginResponse, Bytes), ConnError> {
-        let mut login = TargetLogin::new(self.target.login.clone());
+        let mut seed = [0u8; 1 + mosaic_proto::chap::CHALLENGE_LEN];
+        getrandom::getrandom(&mut seed)
+            .map_err(|e| ConnError::Protocol(format!("no randomness for CHAP: {e}")))?;
+        let mut challenge = [0u8; mosaic_proto::chap::CHALLENGE_LEN];
+        challenge.copy_from_slice(&seed[1..]);
+        let mut login = TargetLogin::new(self.target.login.clone(), (seed[0], challenge));
         let mut first = true;
         loop {
             let pdu = match self.read_pdu().await? {
@@ -325,6 +330,7 @@ impl Conn {
             "login complete"
         );
         let mut session = Session {
+            initiator_name: result.initiator_name.clone(),
             params: p,
             kind: result.session_type,
             target_name: result.target_name.clone(),
@@ -576,6 +582,12 @@ impl Conn {
                     (_, name) => self.target.exports.keys().filter(|t| *t == name).collect(),
                 };
                 names.sort();
+                // Only the targets this initiator may log in to (RFC 7143 §13.3).
+                names.retain(|n| {
+                    self.target.login.access.get(*n).is_none_or(|a| {
+                        a.initiators.is_empty() || a.initiators.contains(&s.initiator_name)
+                    })
+                });
                 for name in names {
                     out.push(("TargetName".to_string(), name.clone()));
                     for addr in &self.target.bound {
@@ -1001,6 +1013,7 @@ type Running = Arc<Mutex<HashMap<u32, tokio::task::AbortHandle>>>;
 
 /// Full-feature state of the session (one connection per session).
 struct Session {
+    initiator_name: String,
     params: SessionParams,
     kind: SessionType,
     target_name: Option<String>,

@@ -3,12 +3,25 @@
 //! text come out, and when the initiator moves to full-feature phase the agreed
 //! session parameters. No sockets: the connection drives it.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
+use mosaic_proto::chap::{ChapConfig, TargetChap, CHALLENGE_LEN};
 use mosaic_proto::negotiate::{
     NegotiationError, Negotiator, SessionParams, SessionType, Stage, TargetLimits,
 };
 use mosaic_proto::pdu::{login_status, stage, LoginRequest, LoginResponse, ISCSI_VERSION};
 use mosaic_proto::text::{self, TextAccumulator};
+
+/// Keys that name the parties; an initiator repeating one with the same value is
+/// tolerated.
+const IDENTITY_KEYS: &[&str] = &[
+    "InitiatorName",
+    "TargetName",
+    "SessionType",
+    "InitiatorAlias",
+    "AuthMethod",
+];
 
 /// The most text a login may send across Login Requests with the C bit (bounds memory).
 const MAX_LOGIN_TEXT: usize = 64 * 1024;
@@ -22,6 +35,19 @@ pub struct LoginTarget {
     pub portal_group_tag: u16,
     /// What we offer and accept in negotiation.
     pub limits: TargetLimits,
+    /// CHAP required for discovery sessions, if any.
+    pub discovery_chap: Option<ChapConfig>,
+    /// Per target IQN: CHAP and the initiators allowed in.
+    pub access: HashMap<String, TargetAccess>,
+}
+
+/// Who may log in to one target, and how they prove it.
+#[derive(Debug, Clone, Default)]
+pub struct TargetAccess {
+    /// CHAP required for this target, if any.
+    pub chap: Option<ChapConfig>,
+    /// Initiator names allowed; empty allows every initiator.
+    pub initiators: Vec<String>,
 }
 
 /// What a finished login agreed on.
@@ -62,11 +88,22 @@ pub struct TargetLogin {
     target_name: Option<String>,
     session_type: SessionType,
     sent_tpgt: bool,
+    /// Identity keys already received, to recognise harmless repeats.
+    identity_seen: HashMap<String, String>,
+    /// The CHAP exchange, when this login must authenticate.
+    chap: Option<TargetChap>,
+    /// Random identifier and challenge for CHAP, supplied by the caller.
+    chap_seed: (u8, [u8; CHALLENGE_LEN]),
 }
 
 impl TargetLogin {
-    pub fn new(target: LoginTarget) -> TargetLogin {
+    /// A login for `target`; `chap_seed` (identifier and challenge) must come from a
+    /// secure random source and is used only if CHAP is required.
+    pub fn new(target: LoginTarget, chap_seed: (u8, [u8; CHALLENGE_LEN])) -> TargetLogin {
         TargetLogin {
+            identity_seen: HashMap::new(),
+            chap: None,
+            chap_seed,
             target,
             first: None,
             stage: stage::SECURITY_NEGOTIATION,
@@ -165,6 +202,18 @@ impl TargetLogin {
                 return step;
             }
         }
+        // Some initiators (libiscsi) repeat their identity keys in every
+        // security-stage PDU; the same value again is harmless, so drop it rather
+        // than fail the login on a repeated key.
+        let keys: Vec<(String, String)> = keys
+            .into_iter()
+            .filter(|(k, v)| {
+                let repeat = IDENTITY_KEYS.contains(&k.as_str())
+                    && self.identity_seen.get(k).is_some_and(|old| old == v);
+                self.identity_seen.insert(k.clone(), v.clone());
+                !repeat
+            })
+            .collect();
         let negotiator = self.negotiator.as_mut().expect("set by leading_keys");
         negotiator.set_stage(stage_of(self.stage));
         let mut answer = match negotiator.respond(&keys) {
@@ -180,6 +229,21 @@ impl TargetLogin {
             }
         };
         answer.extend(negotiator.target_declarations());
+        let auth_keys = negotiator.take_auth_keys();
+        if let Some(chap) = self.chap.as_mut() {
+            if negotiator.params().auth_method == "CHAP" {
+                match chap.step(&auth_keys) {
+                    Ok(out) => answer.extend(out),
+                    Err(e) => {
+                        return self.fail(
+                            req,
+                            login_status::AUTHENTICATION_FAILURE,
+                            format!("initiator {}: {e}", self.initiator_name),
+                        )
+                    }
+                }
+            }
+        }
         if self.session_type == SessionType::Normal && !self.sent_tpgt {
             // RFC 7143 §13.9: returned in the first Login Response of a Normal session.
             answer.push((
@@ -199,6 +263,22 @@ impl TargetLogin {
                 );
             }
         }
+        // Until CHAP has succeeded we stay in the security stage: answering T=0 to
+        // an initiator that asked to move on is how the target holds it there
+        // (RFC 7143 §6.3), and skipping the stage altogether is refused.
+        let authenticated = self.chap.as_ref().is_none_or(|c| c.is_done());
+        let moves_on = if moves_on && !authenticated {
+            if self.stage != stage::SECURITY_NEGOTIATION {
+                return self.fail(
+                    req,
+                    login_status::AUTHENTICATION_FAILURE,
+                    format!("initiator {} skipped authentication", self.initiator_name),
+                );
+            }
+            false
+        } else {
+            moves_on
+        };
         let mut resp = self.response(req);
         let body = match text::encode(&answer) {
             Ok(b) => b,
@@ -278,13 +358,38 @@ impl TargetLogin {
                     format!("no target named {name}"),
                 ));
             }
+            let access = self.target.access.get(&name).cloned().unwrap_or_default();
+            if !access.initiators.is_empty()
+                && !access.initiators.iter().any(|i| i == &self.initiator_name)
+            {
+                return Err(self.fail(
+                    req,
+                    login_status::AUTHORIZATION_FAILURE,
+                    format!("initiator {} is not allowed to {name}", self.initiator_name),
+                ));
+            }
+            self.chap = access.chap.clone().map(|c| self.new_chap(c));
             self.target_name = Some(name);
+        } else {
+            self.chap = self.target.discovery_chap.clone().map(|c| self.new_chap(c));
         }
-        let mut n = Negotiator::target(self.target.limits.clone());
+        let mut limits = self.target.limits.clone();
+        limits.auth_methods = if self.chap.is_some() {
+            vec!["CHAP".to_string()]
+        } else {
+            vec!["None".to_string()]
+        };
+        let mut n = Negotiator::target(limits);
         n.set_session_type(self.session_type);
         n.set_leading(req.tsih == 0);
         self.negotiator = Some(n);
         Ok(())
+    }
+}
+
+impl TargetLogin {
+    fn new_chap(&self, config: ChapConfig) -> TargetChap {
+        TargetChap::new(config, self.chap_seed.0, self.chap_seed.1)
     }
 }
 
@@ -300,13 +405,21 @@ fn stage_of(csg: u8) -> Stage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mosaic_proto::chap::{response, Credentials};
+    use mosaic_proto::text::{format_hex, parse_binary};
 
     fn target() -> LoginTarget {
         LoginTarget {
             target_names: vec!["iqn.2026-11.io.mosaic:demo".into()],
             portal_group_tag: 1,
             limits: TargetLimits::default(),
+            discovery_chap: None,
+            access: HashMap::new(),
         }
+    }
+
+    fn seed() -> (u8, [u8; CHALLENGE_LEN]) {
+        (3, [0x5a; CHALLENGE_LEN])
     }
 
     fn req(csg: u8, nsg: u8, transit: bool) -> LoginRequest {
@@ -334,7 +447,7 @@ mod tests {
 
     #[test]
     fn normal_login_security_then_operational() {
-        let mut l = TargetLogin::new(target());
+        let mut l = TargetLogin::new(target(), seed());
         let step = l.handle(
             &req(0, 1, true),
             &kv(&[
@@ -374,7 +487,7 @@ mod tests {
 
     #[test]
     fn unknown_target_is_not_found() {
-        let mut l = TargetLogin::new(target());
+        let mut l = TargetLogin::new(target(), seed());
         let step = l.handle(
             &req(0, 1, true),
             &kv(&[("InitiatorName", "iqn.x"), ("TargetName", "iqn.nope")]),
@@ -387,7 +500,7 @@ mod tests {
 
     #[test]
     fn missing_initiator_name_is_missing_parameter() {
-        let mut l = TargetLogin::new(target());
+        let mut l = TargetLogin::new(target(), seed());
         let step = l.handle(&req(0, 1, true), &kv(&[("SessionType", "Discovery")]));
         let LoginStep::Fail(r, _) = step else {
             panic!("{step:?}")
@@ -400,7 +513,7 @@ mod tests {
 
     #[test]
     fn discovery_straight_to_full_feature() {
-        let mut l = TargetLogin::new(target());
+        let mut l = TargetLogin::new(target(), seed());
         let step = l.handle(
             &req(1, 3, true),
             &kv(&[("InitiatorName", "iqn.x"), ("SessionType", "Discovery")]),
@@ -416,7 +529,7 @@ mod tests {
 
     #[test]
     fn continued_text_is_joined() {
-        let mut l = TargetLogin::new(target());
+        let mut l = TargetLogin::new(target(), seed());
         let all = kv(&[("InitiatorName", "iqn.x"), ("SessionType", "Discovery")]);
         let mut r1 = req(1, 3, false);
         r1.continue_bit = true;
@@ -432,7 +545,7 @@ mod tests {
 
     #[test]
     fn isid_change_mid_login_fails() {
-        let mut l = TargetLogin::new(target());
+        let mut l = TargetLogin::new(target(), seed());
         let _ = l.handle(
             &req(0, 1, false),
             &kv(&[("InitiatorName", "iqn.x"), ("SessionType", "Discovery")]),
@@ -442,9 +555,154 @@ mod tests {
         assert!(matches!(l.handle(&r, &[]), LoginStep::Fail(..)));
     }
 
+    fn chap_target(mutual: bool) -> LoginTarget {
+        let mut t = target();
+        t.access.insert(
+            "iqn.2026-11.io.mosaic:demo".into(),
+            TargetAccess {
+                chap: Some(ChapConfig {
+                    initiator: Credentials {
+                        user: "u".into(),
+                        secret: "initiator-secret".into(),
+                    },
+                    target: mutual.then(|| Credentials {
+                        user: "t".into(),
+                        secret: "target-secret-1".into(),
+                    }),
+                }),
+                initiators: vec!["iqn.x".into()],
+            },
+        );
+        t
+    }
+
+    fn chap_login(secret: &str, mutual: bool) -> LoginStep {
+        let mut l = TargetLogin::new(chap_target(mutual), seed());
+        let LoginStep::Continue(_, body) = l.handle(
+            &req(0, 1, false),
+            &kv(&[
+                ("InitiatorName", "iqn.x"),
+                ("TargetName", "iqn.2026-11.io.mosaic:demo"),
+                ("AuthMethod", "CHAP,None"),
+            ]),
+        ) else {
+            panic!()
+        };
+        assert!(answer(&body).contains(&("AuthMethod".into(), "CHAP".into())));
+        let LoginStep::Continue(_, body) = l.handle(&req(0, 1, false), &kv(&[("CHAP_A", "5")]))
+        else {
+            panic!()
+        };
+        let a = answer(&body);
+        let id: u8 = a
+            .iter()
+            .find(|(k, _)| k == "CHAP_I")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        let c = parse_binary(&a.iter().find(|(k, _)| k == "CHAP_C").unwrap().1).unwrap();
+        let r = format_hex(&response(id, secret.as_bytes(), &c));
+        let mut keys = vec![("CHAP_N", "u"), ("CHAP_R", r.as_str())];
+        if mutual {
+            keys.push(("CHAP_I", "9"));
+            keys.push(("CHAP_C", "0x00112233445566778899aabbccddeeff"));
+        }
+        l.handle(&req(0, 1, true), &kv(&keys))
+    }
+
+    #[test]
+    fn chap_right_secret_moves_on() {
+        let LoginStep::Continue(r, _) = chap_login("initiator-secret", false) else {
+            panic!()
+        };
+        assert!(r.transit);
+    }
+
+    #[test]
+    fn chap_wrong_secret_is_authentication_failure() {
+        let LoginStep::Fail(r, _) = chap_login("guess", false) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.status_class, r.status_detail),
+            login_status::AUTHENTICATION_FAILURE
+        );
+    }
+
+    #[test]
+    fn mutual_chap_answers_with_target_response() {
+        let LoginStep::Continue(_, body) = chap_login("initiator-secret", true) else {
+            panic!()
+        };
+        let a = answer(&body);
+        assert!(a.contains(&("CHAP_N".into(), "t".into())));
+        let r = parse_binary(&a.iter().find(|(k, _)| k == "CHAP_R").unwrap().1).unwrap();
+        let c = parse_binary("0x00112233445566778899aabbccddeeff").unwrap();
+        assert_eq!(r, response(9, b"target-secret-1", &c).to_vec());
+    }
+
+    #[test]
+    fn chap_required_but_none_offered_fails() {
+        let mut l = TargetLogin::new(chap_target(false), seed());
+        let step = l.handle(
+            &req(0, 1, true),
+            &kv(&[
+                ("InitiatorName", "iqn.x"),
+                ("TargetName", "iqn.2026-11.io.mosaic:demo"),
+                ("AuthMethod", "None"),
+            ]),
+        );
+        let LoginStep::Fail(r, _) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(
+            (r.status_class, r.status_detail),
+            login_status::AUTHENTICATION_FAILURE
+        );
+    }
+
+    #[test]
+    fn skipping_security_with_chap_required_fails() {
+        let mut l = TargetLogin::new(chap_target(false), seed());
+        let step = l.handle(
+            &req(1, 3, true),
+            &kv(&[
+                ("InitiatorName", "iqn.x"),
+                ("TargetName", "iqn.2026-11.io.mosaic:demo"),
+            ]),
+        );
+        let LoginStep::Fail(r, _) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(
+            (r.status_class, r.status_detail),
+            login_status::AUTHENTICATION_FAILURE
+        );
+    }
+
+    #[test]
+    fn initiator_not_in_acl_is_authorization_failure() {
+        let mut l = TargetLogin::new(chap_target(false), seed());
+        let step = l.handle(
+            &req(0, 1, true),
+            &kv(&[
+                ("InitiatorName", "iqn.other"),
+                ("TargetName", "iqn.2026-11.io.mosaic:demo"),
+            ]),
+        );
+        let LoginStep::Fail(r, _) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(
+            (r.status_class, r.status_detail),
+            login_status::AUTHORIZATION_FAILURE
+        );
+    }
+
     #[test]
     fn backwards_transition_fails() {
-        let mut l = TargetLogin::new(target());
+        let mut l = TargetLogin::new(target(), seed());
         let step = l.handle(
             &req(1, 0, true),
             &kv(&[("InitiatorName", "iqn.x"), ("SessionType", "Discovery")]),

@@ -12,7 +12,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::config::{Backing, Settings};
-use crate::login::LoginTarget;
+use crate::login::{LoginTarget, TargetAccess};
 use crate::scsi::{LogicalUnit, LuConfig};
 use crate::session::SessionRegistry;
 use crate::store::BackingStore;
@@ -134,6 +134,20 @@ impl Server {
             target_names: exports.keys().cloned().collect(),
             portal_group_tag: PORTAL_GROUP_TAG,
             limits: target_limits(&settings),
+            discovery_chap: settings.discovery_chap.clone(),
+            access: settings
+                .volumes
+                .iter()
+                .map(|v| {
+                    (
+                        v.iqn.clone(),
+                        TargetAccess {
+                            chap: v.chap.clone(),
+                            initiators: v.initiators.clone(),
+                        },
+                    )
+                })
+                .collect(),
         };
         let target = Arc::new(Target {
             settings,
