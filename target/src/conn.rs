@@ -34,8 +34,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::device::{Device, Nexus, ResetKind};
 use crate::login::{LoginStep, TargetLogin};
-use crate::scsi::{LogicalUnit, ScsiRequest, ScsiResult};
+use crate::scsi::{ScsiRequest, ScsiResult};
 use crate::server::Target;
 use crate::session::{CmdSnVerdict, CmdWindow, SessionKey};
 
@@ -319,7 +320,7 @@ impl Conn {
             .target_name
             .as_ref()
             .and_then(|t| self.target.exports.get(t))
-            .map(|e| e.lu.clone());
+            .map(|e| e.device.clone());
         info!(
             peer = %self.peer,
             initiator = %result.initiator_name,
@@ -329,7 +330,15 @@ impl Conn {
             data_digest = p.data_digest,
             "login complete"
         );
+        let nexus = Arc::new(Nexus::new(
+            &result.initiator_name,
+            result.isid,
+            result.target_name.as_deref().unwrap_or(""),
+            crate::server::PORTAL_GROUP_TAG,
+            crate::server::RELATIVE_PORT,
+        ));
         let mut session = Session {
+            nexus,
             initiator_name: result.initiator_name.clone(),
             params: p,
             kind: result.session_type,
@@ -405,6 +414,9 @@ impl Conn {
         };
         // The connection is going away: tasks still running will never be answered.
         session.abort_all();
+        if let Some(d) = &session.lu {
+            d.nexus_lost(&session.nexus);
+        }
         if let Err(ConnError::Stopped(why)) = &outcome {
             info!(peer = %self.peer, tsih = handle.tsih, "session stopped: {why}");
         }
@@ -637,11 +649,25 @@ impl Conn {
                         tmf_response::LUN_DOES_NOT_EXIST
                     } else {
                         s.abort_all();
+                        if t.function == tmf_function::LOGICAL_UNIT_RESET {
+                            if let Some(d) = &s.lu {
+                                d.reset(ResetKind::LogicalUnit, &s.nexus);
+                            }
+                        }
                         tmf_response::COMPLETE
                     }
                 }
                 tmf_function::TARGET_WARM_RESET | tmf_function::TARGET_COLD_RESET => {
                     s.abort_all();
+                    let kind = if t.function == tmf_function::TARGET_COLD_RESET {
+                        ResetKind::TargetCold
+                    } else {
+                        ResetKind::TargetWarm
+                    };
+                    // A target reset reaches every logical unit of the target.
+                    for e in self.target.exports.values() {
+                        e.device.reset(kind, &s.nexus);
+                    }
                     tmf_response::COMPLETE
                 }
                 tmf_function::TASK_REASSIGN => tmf_response::REASSIGNMENT_NOT_SUPPORTED,
@@ -1017,7 +1043,9 @@ struct Session {
     params: SessionParams,
     kind: SessionType,
     target_name: Option<String>,
-    lu: Option<Arc<LogicalUnit>>,
+    lu: Option<Arc<Device>>,
+    /// This session's I_T nexus.
+    nexus: Arc<Nexus>,
     window: Arc<CmdWindow>,
     running: Running,
     pending: HashMap<u32, PendingWrite>,
@@ -1088,7 +1116,7 @@ impl Session {
     fn execute(
         &mut self,
         tx: &mpsc::Sender<Out>,
-        lu: Arc<LogicalUnit>,
+        lu: Arc<Device>,
         c: ScsiCommand,
         cdb: Bytes,
         data_out: Bytes,
@@ -1097,6 +1125,7 @@ impl Session {
         let tx = tx.clone();
         let running = self.running.clone();
         let window = self.window.clone();
+        let nexus = self.nexus.clone();
         let max_seg = self.params.max_recv_data_segment_length_initiator.max(512);
         let burst = self.params.max_burst_length.max(512);
         // Holds the lock across spawn so the task cannot look itself up first.
@@ -1107,12 +1136,15 @@ impl Session {
         let handle = tokio::spawn(async move {
             let mut guard = guard;
             let result = lu
-                .execute(ScsiRequest {
-                    cdb,
-                    lun: decode_lun(c.lun),
-                    data_out,
-                    expected_len: c.expected_data_transfer_length,
-                })
+                .execute(
+                    &nexus,
+                    ScsiRequest {
+                        cdb,
+                        lun: decode_lun(c.lun),
+                        data_out,
+                        expected_len: c.expected_data_transfer_length,
+                    },
+                )
                 .await;
             if running.lock().remove(&c.itt).is_none() {
                 // Aborted while executing: no response (RFC 7143 §4.2.3.2).

@@ -3,6 +3,8 @@
 //! - [`config`]: the TOML config and CLI flags, validated with errors that name the field.
 //! - [`server`]: volumes, portal listeners, accepting connections, shutdown.
 //! - [`conn`]: one connection: the reader state machine and the writer task.
+//! - [`device`]: the nexus-aware layer over a logical unit (unit attentions,
+//!   reservations, resets).
 //! - [`login`]: the target side of login (pure logic over the proto negotiator).
 //! - [`session`]: the CmdSN window, TSIH assignment and session reinstatement.
 //! - [`scsi`]: the SCSI block device (logical unit) that executes CDBs.
@@ -10,6 +12,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod device;
 pub mod login;
 pub mod scsi;
 pub mod server;

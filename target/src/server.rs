@@ -12,6 +12,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::config::{Backing, Settings};
+use crate::device::Device;
 use crate::login::{LoginTarget, TargetAccess};
 use crate::scsi::{LogicalUnit, LuConfig};
 use crate::session::SessionRegistry;
@@ -25,7 +26,7 @@ const CONNECTIONS_PER_SESSION: u32 = 2;
 #[derive(Debug)]
 pub struct Export {
     pub iqn: String,
-    pub lu: Arc<LogicalUnit>,
+    pub device: Arc<Device>,
 }
 
 /// Everything the connections of a target share.
@@ -42,6 +43,8 @@ pub struct Target {
 
 /// Our target portal group tag: a single node is a single portal group.
 pub const PORTAL_GROUP_TAG: u16 = 1;
+/// Our relative target port identifier (VPD 0x83): one port per node.
+pub const RELATIVE_PORT: u16 = 1;
 
 /// Opens every volume of the settings as a logical unit.
 pub fn open_exports(settings: &Settings) -> Result<HashMap<String, Export>> {
@@ -68,7 +71,7 @@ pub fn open_exports(settings: &Settings) -> Result<HashMap<String, Export>> {
                 product: "Mosaic volume".into(),
                 revision: "0001".into(),
                 target_name: v.iqn.clone(),
-                relative_port: 1,
+                relative_port: RELATIVE_PORT,
                 tpg: PORTAL_GROUP_TAG,
             },
             store,
@@ -78,7 +81,7 @@ pub fn open_exports(settings: &Settings) -> Result<HashMap<String, Export>> {
             v.iqn.clone(),
             Export {
                 iqn: v.iqn.clone(),
-                lu: Arc::new(lu),
+                device: Arc::new(Device::new(lu)),
             },
         );
     }
@@ -213,7 +216,7 @@ impl Server {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         for e in self.target.exports.values() {
-            if let Err(err) = e.lu.flush().await {
+            if let Err(err) = e.device.flush().await {
                 warn!("flushing {} at shutdown: {err}", e.iqn);
             }
         }
