@@ -34,7 +34,12 @@ pub struct TestResult {
     pub suite: String,
     pub test: String,
     pub verdict: Verdict,
+    /// What the test printed before its verdict.
     pub lines: Vec<String>,
+    /// The verdict line and what follows it: CUnit's assertion details, and output of
+    /// the suite's clean-up (libiscsi's teardown prints e.g. "[SKIPPED] PERSISTENT
+    /// RESERVE IN is not implemented." after the last test's "passed").
+    pub after: Vec<String>,
 }
 
 impl TestResult {
@@ -77,7 +82,13 @@ impl Report {
             .filter(|t| matches!(t.verdict, Verdict::Failed | Verdict::NoVerdict))
         {
             s.push_str(&format!("  {:?}: {}\n", t.verdict, t.name()));
-            for l in t.lines.iter().filter(|l| !l.trim().is_empty()).take(12) {
+            for l in t
+                .lines
+                .iter()
+                .chain(&t.after)
+                .filter(|l| !l.trim().is_empty())
+                .take(12)
+            {
                 s.push_str(&format!("      {}\n", l.trim_end()));
             }
         }
@@ -101,28 +112,31 @@ impl Report {
 pub fn parse(output: &str) -> Report {
     let mut report = Report::default();
     let mut suite = String::new();
-    let mut cur: Option<(String, Vec<String>)> = None;
+    let mut cur: Option<TestResult> = None;
     let mut lines = output.lines();
-    let close = |cur: &mut Option<(String, Vec<String>)>, suite: &str, report: &mut Report| {
-        if let Some((test, lines)) = cur.take() {
-            report.tests.push(TestResult {
-                suite: suite.to_string(),
-                test,
-                verdict: verdict(&lines),
-                lines,
-            });
+    let close = |cur: &mut Option<TestResult>, report: &mut Report| {
+        if let Some(t) = cur.take() {
+            report.tests.push(t);
         }
     };
     while let Some(line) = lines.next() {
         if let Some(rest) = line.trim_start().strip_prefix("Suite: ") {
-            close(&mut cur, &suite, &mut report);
+            close(&mut cur, &mut report);
             suite = rest.trim().to_string();
         } else if let Some(rest) = line.trim_start().strip_prefix("Test: ") {
-            close(&mut cur, &suite, &mut report);
+            close(&mut cur, &mut report);
             let (name, tail) = rest.split_once(" ...").unwrap_or((rest, ""));
-            cur = Some((name.trim().to_string(), vec![tail.to_string()]));
+            let mut t = TestResult {
+                suite: suite.clone(),
+                test: name.trim().to_string(),
+                verdict: Verdict::NoVerdict,
+                lines: Vec::new(),
+                after: Vec::new(),
+            };
+            take_line(&mut t, tail);
+            cur = Some(t);
         } else if line.starts_with("Run Summary:") {
-            close(&mut cur, &suite, &mut report);
+            close(&mut cur, &mut report);
             for row in lines.by_ref().take(3) {
                 let f: Vec<&str> = row.split_whitespace().collect();
                 if f.first() == Some(&"tests") && f.len() >= 6 {
@@ -136,34 +150,60 @@ pub fn parse(output: &str) -> Report {
                     });
                 }
             }
-        } else if let Some((_, lines)) = cur.as_mut() {
-            lines.push(line.to_string());
+        } else if let Some(t) = cur.as_mut() {
+            take_line(t, line);
         }
     }
-    close(&mut cur, &suite, &mut report);
+    close(&mut cur, &mut report);
+    for t in &mut report.tests {
+        if t.verdict == Verdict::Passed && t.lines.iter().any(|l| l.contains("[SKIPPED]")) {
+            t.verdict = Verdict::Skipped;
+        }
+    }
     report
 }
 
-fn verdict(lines: &[String]) -> Verdict {
-    // The same rules as ../shared/peers/cu-summary.py: libiscsi also prints
-    // informational "[FAILED] ..." lines inside tests that CUnit still passes.
-    let failed = lines.iter().any(|l| {
-        let t = l.trim();
-        t == "FAILED" || t == "...FAILED" || l.contains("...FAILED")
-    });
-    let passed = lines.iter().any(|l| {
-        let t = l.trim_start();
-        t.starts_with("passed") || t.starts_with("...passed")
-    });
-    if failed {
-        Verdict::Failed
-    } else if !passed {
-        Verdict::NoVerdict
-    } else if lines.iter().any(|l| l.contains("[SKIPPED]")) {
-        Verdict::Skipped
-    } else {
-        Verdict::Passed
+/// Files one output line under test `t`: before its verdict, the verdict itself
+/// (the same rules as ../shared/peers/cu-summary.py: a line that is, or starts with,
+/// "passed", or is "FAILED" / contains "...FAILED"; libiscsi also prints
+/// informational "[FAILED] ..." lines inside tests that CUnit still passes), or after.
+fn take_line(t: &mut TestResult, line: &str) {
+    if t.verdict != Verdict::NoVerdict {
+        t.after.push(line.to_string());
+        return;
     }
+    let trimmed = line.trim();
+    if trimmed == "FAILED" || trimmed == "...FAILED" || line.contains("...FAILED") {
+        t.verdict = Verdict::Failed;
+        t.after.push(line.to_string());
+    } else if let Some(rest) = trimmed
+        .strip_prefix("...passed")
+        .or_else(|| trimmed.strip_prefix("passed"))
+    {
+        t.verdict = Verdict::Passed;
+        t.after.push(rest.to_string());
+    } else {
+        t.lines.push(line.to_string());
+    }
+}
+
+/// The reason a skipped test gave, if any: the first `[SKIPPED]` message.
+pub fn skip_reason(t: &TestResult) -> Option<String> {
+    t.lines
+        .iter()
+        .find_map(|l| l.split_once("[SKIPPED]").map(|(_, w)| w.trim().to_string()))
+}
+
+/// The SCSI command a skip reason says the target lacks ("WRITE10 is not
+/// implemented." -> "WRITE10"), letters and digits only, upper case.
+pub fn missing_command(reason: &str) -> Option<String> {
+    let (cmd, _) = reason.split_once(" is not implemented")?;
+    Some(
+        cmd.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_uppercase(),
+    )
 }
 
 #[cfg(test)]
@@ -174,7 +214,7 @@ mod tests {
 
      CUnit - A unit testing framework for C - Version 2.1-3
 Suite: iSCSIcmdsn
-  Test: iSCSICmdSnTooHigh ...passed
+  Test: iSCSICmdSnTooHigh ...passed    [SKIPPED] PERSISTENT RESERVE IN is not implemented.
 Suite: iSCSIdatasn
   Test: iSCSIDataSnInvalid ...FAILED
     1. test_iscsi_datasn_invalid.c:98  - CU_ASSERT_NOT_EQUAL(ret,0)
@@ -216,6 +256,23 @@ Run Summary:    Type  Total    Ran Passed Failed Inactive
             })
         );
         assert!(r.describe_failures().contains("CU_ASSERT_NOT_EQUAL"));
+        assert_eq!(
+            skip_reason(&r.tests[2]).as_deref(),
+            Some("Logical unit is fully provisioned. Skipping test")
+        );
+    }
+
+    #[test]
+    fn missing_commands_are_named() {
+        assert_eq!(
+            missing_command("WRITE10 is not implemented.").as_deref(),
+            Some("WRITE10")
+        );
+        assert_eq!(
+            missing_command("READ_CAPACITY16 is not implemented").as_deref(),
+            Some("READCAPACITY16")
+        );
+        assert_eq!(missing_command("Logical unit is fully provisioned"), None);
     }
 
     #[test]
