@@ -37,7 +37,9 @@ if [[ ${SKIP_LINT:-0} != 1 ]]; then
   step clippy cargo clippy --workspace --all-targets -- -D warnings
 fi
 step build cargo build --release -p mosaic-target --bin mosaic
-if [[ -x build/release/mosaic ]]; then
+# The black-box tests run this binary. If the build failed, an older binary may still
+# be there: leave MOSAIC_BIN unset, so the tests build (and fail on) the current code.
+if [[ " ${failed[*]} " != *" build "* && -x build/release/mosaic ]]; then
   export MOSAIC_BIN=$PWD/build/release/mosaic
 fi
 # `--all-targets` also builds the benches and runs each once in test mode; doc tests

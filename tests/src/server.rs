@@ -6,10 +6,10 @@
 //! is failing, the server's log tail is printed. The server also gets SIGKILL if the
 //! test process dies first (PR_SET_PDEATHSIG), so no target outlives its test.
 //!
-//! Which binary: `$MOSAIC_BIN` if set (scripts/test.sh sets it to the release build),
-//! else `mosaic` beside this test's own build profile (`build/<profile>/mosaic`,
-//! present when the workspace's tests were built together), else
-//! `build/release/mosaic`, else `build/debug/mosaic`.
+//! Which binary: `$MOSAIC_BIN` if set (scripts/test.sh sets it to the release build).
+//! Otherwise the tests first run `cargo build -p mosaic-target --bin mosaic` in their
+//! own profile, so they never test a stale binary, and use
+//! `build/<profile>/mosaic`.
 //!
 //! To run the same black-box tests against another target (e.g. tgt, for
 //! comparison), set `MOSAIC_TEST_TARGET="HOST:PORT IQN LUN"`: no binary is started and
@@ -87,23 +87,34 @@ impl Volume {
     }
 }
 
-/// Locates the `mosaic` binary (see the module docs for the order).
+/// How long building the binary on demand may take (a cold debug build on 2 cores).
+const BUILD_LIMIT: Duration = Duration::from_secs(1200);
+
+/// Locates the `mosaic` binary (see the module docs), building it first when
+/// `MOSAIC_BIN` is not set.
 pub fn mosaic_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let mut candidates = Vec::new();
         if let Some(p) = std::env::var_os("MOSAIC_BIN") {
             let p = PathBuf::from(p);
             assert!(p.is_file(), "MOSAIC_BIN={} does not exist", p.display());
+            eprintln!("mosaic-tests: using MOSAIC_BIN={}", p.display());
             return p;
         }
-        // build/<profile>/deps/<test exe> -> build/<profile>/mosaic
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(profile_dir) = exe.parent().and_then(|deps| deps.parent()) {
-                candidates.push(profile_dir.join("mosaic"));
-            }
-        }
         let root = workspace_root();
+        // build/<profile>/deps/<test exe> -> build/<profile>
+        let profile_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()));
+        let release = profile_dir
+            .as_deref()
+            .and_then(|d| d.file_name())
+            .is_some_and(|n| n == "release");
+        build_mosaic(&root, release);
+        let mut candidates = Vec::new();
+        if let Some(d) = &profile_dir {
+            candidates.push(d.join("mosaic"));
+        }
         candidates.push(root.join("build/release/mosaic"));
         candidates.push(root.join("build/debug/mosaic"));
         let found = candidates
@@ -119,6 +130,31 @@ pub fn mosaic_bin() -> &'static Path {
         eprintln!("mosaic-tests: using {}", found.display());
         found
     })
+}
+
+/// `cargo build -p mosaic-target --bin mosaic` in the test's own profile, so the tests
+/// never run a stale binary. (Cargo releases its build lock while tests run.)
+fn build_mosaic(root: &Path, release: bool) {
+    let Some(cargo) = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .or_else(|| crate::tools::which("cargo"))
+    else {
+        eprintln!("mosaic-tests: no cargo to build mosaic with; using what is built");
+        return;
+    };
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "mosaic-target", "--bin", "mosaic"])
+        .current_dir(root);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = crate::tools::run(&mut cmd, BUILD_LIMIT);
+    assert!(
+        out.success(),
+        "building the mosaic binary failed (timed out: {}):\n{}",
+        out.timed_out,
+        out.tail(60)
+    );
 }
 
 /// The workspace root (this crate lives in `<root>/tests`).
