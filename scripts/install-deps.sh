@@ -14,15 +14,19 @@ if [[ $(id -u) != 0 ]]; then
   exit 0
 fi
 
+# apt must start no service (open-iscsi's iscsid, say): a policy-rc.d that refuses,
+# for as long as this script installs, unless one is already there.
+if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+  printf '#!/bin/sh\n# mosaic scripts/install-deps.sh: apt starts no services\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+
 missing=()
 command -v iscsi-test-cu >/dev/null && command -v iscsi-ls >/dev/null && command -v iscsi-inq >/dev/null \
   || missing+=(libiscsi-bin)
-command -v iscsiadm >/dev/null || missing+=(open-iscsi)
+command -v iscsiadm >/dev/null || [[ -x /usr/sbin/iscsiadm || -x /sbin/iscsiadm ]] || missing+=(open-iscsi)
 if (( ${#missing[@]} )); then
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\n# installed by mosaic scripts/install-deps.sh: apt starts no services\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-  fi
   echo "install-deps.sh: installing ${missing[*]}" >&2
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
