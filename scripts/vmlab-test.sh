@@ -80,6 +80,45 @@ if ip netns list | grep -qw "^$NS" && [ -n "$(ip netns exec "$NS" ss -Hltn 'spor
   die2 "something already listens on port 3260 in netns $NS (another target?): $(ip netns exec "$NS" ss -Hltnp 'sport = :3260' | tr '\n' ' ')"
 fi
 
+# The guest: run-test.sh runs QEMU under `timeout`, which puts itself in its own process
+# group, so a signal to ours does not reach QEMU. run_guest records that `timeout` (by
+# pid) while it runs; stop_guest stops it (timeout passes SIGTERM on to QEMU).
+RPID="" VMPID=""
+run_guest() { # run_guest RESULTS_DIR run-test.sh-ARGS...
+  local dir=$1
+  shift
+  "$VMLAB/run-test.sh" -o "$dir" "$@" &
+  RPID=$!
+  VMPID=""
+  while kill -0 "$RPID" 2>/dev/null; do
+    if [ -z "$VMPID" ]; then
+      VMPID=$(ps -o pid=,comm= --ppid "$RPID" | awk '$2 == "timeout" {print $1; exit}')
+    fi
+    sleep 0.5
+  done
+  wait "$RPID"
+  local rc=$?
+  RPID="" VMPID=""
+  return "$rc"
+}
+stop_guest() {
+  if [ -n "$VMPID" ] && grep -qaF -- "$OUT/" "/proc/$VMPID/cmdline" 2>/dev/null; then
+    say "stopping the guest (timeout pid $VMPID)"
+    kill -TERM "$VMPID" 2>/dev/null
+    for _ in $(seq 150); do kill -0 "$VMPID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$VMPID" 2>/dev/null; then
+      for q in $(ps -o pid= --ppid "$VMPID"); do kill -KILL "$q" 2>/dev/null; done
+      kill -KILL "$VMPID" 2>/dev/null
+    fi
+  fi
+  if [ -n "$RPID" ]; then
+    for _ in $(seq 100); do kill -0 "$RPID" 2>/dev/null || break; sleep 0.1; done
+    kill -TERM "$RPID" 2>/dev/null
+    wait "$RPID" 2>/dev/null
+  fi
+  RPID="" VMPID=""
+}
+
 stop_mosaic() {
   [ -n "$MPID" ] || return 0
   kill -TERM "$MPID" 2>/dev/null
@@ -105,6 +144,7 @@ summary() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  stop_guest
   stop_mosaic
   "$VMLAB/netns.sh" down || say "netns.sh down failed"
   rm -rf "$WORK"
@@ -165,7 +205,7 @@ for s in "${SCENARIOS[@]}"; do
   if ! start_mosaic "$d/mosaic.log"; then
     why="mosaic did not start"
   else
-    "$VMLAB/run-test.sh" -o "$d/vm" --timeout "$RUN_TIMEOUT" -t "${PORTALS[0]}" \
+    run_guest "$d/vm" --timeout "$RUN_TIMEOUT" -t "${PORTALS[0]}" \
       -e LUN=$LUN -e FIO_RUNTIME="$FIO_RUNTIME" "$(script_of "$s")"
     rc=$?
     if ! kill -0 "$MPID" 2>/dev/null; then

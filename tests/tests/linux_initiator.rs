@@ -119,9 +119,10 @@ fn release_binary(root: &Path) -> PathBuf {
     bin
 }
 
-fn signal_group(pgid: u32, signal: &str) {
+/// `kill -SIGNAL -- TARGET` (a pid, or a process group as `-pgid`).
+fn signal(target: &str, signal: &str) {
     let _ = Command::new("kill")
-        .args([&format!("-{signal}"), "--", &format!("-{pgid}")])
+        .args([&format!("-{signal}"), "--", target])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
@@ -153,8 +154,9 @@ fn linux_initiator_in_vm_slow_basic_and_crc32c_digests() {
     let log = File::create(&log_path).expect("create the log");
     let script = root.join("scripts/vmlab-test.sh");
 
-    // Own process group, so a timeout can stop the script and everything it started
-    // (QEMU, mosaic) with one SIGTERM; the script's trap then deletes the netns.
+    // On a timeout: SIGTERM to the script, whose trap stops the guest and mosaic and
+    // deletes the netns; if it is still there after TERM_GRACE, SIGKILL its process
+    // group (its own, so nothing else of ours is hit).
     let start = Instant::now();
     let mut child = Command::new("bash")
         .arg(&script)
@@ -174,10 +176,10 @@ fn linux_initiator_in_vm_slow_basic_and_crc32c_digests() {
             Some(s) => break Some(s),
             None if start.elapsed() >= RUN_LIMIT && !timed_out => {
                 timed_out = true;
-                signal_group(pgid, "TERM");
+                signal(&pgid.to_string(), "TERM");
             }
             None if timed_out && start.elapsed() >= RUN_LIMIT + TERM_GRACE => {
-                signal_group(pgid, "KILL");
+                signal(&format!("-{pgid}"), "KILL");
                 let _ = child.wait();
                 break None;
             }
