@@ -7,6 +7,7 @@
 //! CDB is [`CdbError::TooShort`] and an opcode we do not know is [`Cdb::Unknown`].
 
 use super::opcode as op;
+use super::opcode::maintenance_in as mi;
 use super::opcode::service_action_in_16 as sai;
 use super::sense::{key, Asc, Sense};
 
@@ -53,6 +54,90 @@ pub struct ModeSenseCdb {
     pub alloc_len: u16,
 }
 
+/// VERIFY (10/12/16) and WRITE AND VERIFY (10/12/16) (SBC-3 §5.33-5.35, §5.45-5.47).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyCdb {
+    /// First logical block.
+    pub lba: u64,
+    /// VERIFICATION LENGTH / TRANSFER LENGTH in blocks; 0 means none.
+    pub blocks: u32,
+    /// Disable page out: a cache-retention hint.
+    pub dpo: bool,
+    /// BYTCHK (byte 1 bits 2..1): 00b verify the medium only, 01b compare the
+    /// Data-Out buffer with the medium, 11b compare one Data-Out block with every
+    /// block of the range (VERIFY only). 10b is reserved.
+    pub bytchk: u8,
+}
+
+/// PRE-FETCH (10/16) (SBC-3 §5.9, §5.10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreFetchCdb {
+    /// First logical block.
+    pub lba: u64,
+    /// PREFETCH LENGTH in blocks; 0 means "to the end of the medium".
+    pub blocks: u32,
+    /// Return status as soon as the CDB is validated.
+    pub immed: bool,
+}
+
+/// WRITE SAME (10/16) (SBC-3 §5.42, §5.43).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteSameCdb {
+    /// First logical block.
+    pub lba: u64,
+    /// NUMBER OF LOGICAL BLOCKS; 0 is refused (we report WSNZ = 1).
+    pub blocks: u32,
+    /// Deallocate the blocks instead of writing them (thin provisioning).
+    pub unmap: bool,
+    /// Anchor instead of deallocate; needs ANC_SUP, which we do not report.
+    pub anchor: bool,
+    /// No Data-Out buffer: the block is all zeros (WRITE SAME(16) only, SBC-4).
+    pub ndob: bool,
+}
+
+/// MODE SELECT(6) and MODE SELECT(10) (SPC-4 §6.11, §6.12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModeSelectCdb {
+    /// Page format: the parameter list holds SPC mode pages.
+    pub pf: bool,
+    /// Save pages: make the change persistent (not supported).
+    pub sp: bool,
+    /// PARAMETER LIST LENGTH in bytes.
+    pub param_len: u16,
+}
+
+/// START STOP UNIT (SBC-3 §5.25).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartStopCdb {
+    /// Return status before the operation completes.
+    pub immed: bool,
+    /// POWER CONDITION MODIFIER (byte 3, bits 3..0).
+    pub power_condition_modifier: u8,
+    /// POWER CONDITION (byte 4, bits 7..4).
+    pub power_condition: u8,
+    /// Do not synchronize the cache before stopping.
+    pub no_flush: bool,
+    /// Load or eject the medium (removable media only).
+    pub loej: bool,
+    /// Start (1) or stop (0) the unit.
+    pub start: bool,
+}
+
+/// REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportOpcodesCdb {
+    /// Return command timeouts descriptors.
+    pub rctd: bool,
+    /// REPORTING OPTIONS (byte 2, bits 2..0).
+    pub options: u8,
+    /// REQUESTED OPERATION CODE.
+    pub opcode: u8,
+    /// REQUESTED SERVICE ACTION.
+    pub service_action: u16,
+    /// ALLOCATION LENGTH.
+    pub alloc_len: u32,
+}
+
 /// A decoded CDB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cdb {
@@ -97,6 +182,45 @@ pub enum Cdb {
     },
     ModeSense6(ModeSenseCdb),
     ModeSense10(ModeSenseCdb),
+    ModeSelect6(ModeSelectCdb),
+    ModeSelect10(ModeSelectCdb),
+    Verify10(VerifyCdb),
+    Verify12(VerifyCdb),
+    Verify16(VerifyCdb),
+    WriteAndVerify10(VerifyCdb),
+    WriteAndVerify12(VerifyCdb),
+    WriteAndVerify16(VerifyCdb),
+    PreFetch10(PreFetchCdb),
+    PreFetch16(PreFetchCdb),
+    /// ORWRITE(16) (SBC-4 §5.9): OR the Data-Out buffer into the medium.
+    OrWrite16(RwCdb),
+    /// COMPARE AND WRITE (SBC-3 §5.2); `blocks` is NUMBER OF LOGICAL BLOCKS.
+    CompareAndWrite(RwCdb),
+    /// WRITE ATOMIC(16) (SBC-4 §5.48).
+    WriteAtomic16(RwCdb),
+    WriteSame10(WriteSameCdb),
+    WriteSame16(WriteSameCdb),
+    /// UNMAP (SBC-3 §5.28).
+    Unmap {
+        anchor: bool,
+        param_len: u16,
+    },
+    /// GET LBA STATUS (SBC-3 §5.7).
+    GetLbaStatus {
+        lba: u64,
+        alloc_len: u32,
+    },
+    StartStopUnit(StartStopCdb),
+    /// PREVENT ALLOW MEDIUM REMOVAL (SBC-3 §5.13): PREVENT field, byte 4 bits 1..0.
+    PreventAllowMediumRemoval {
+        prevent: u8,
+    },
+    ReportSupportedOpcodes(ReportOpcodesCdb),
+    /// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 §6.36).
+    ReportSupportedTmfs {
+        repd: bool,
+        alloc_len: u32,
+    },
     /// REPORT LUNS (SPC-4 §6.33).
     ReportLuns {
         select_report: u8,
@@ -160,14 +284,38 @@ fn known_len(opcode: u8) -> Option<usize> {
         | op::READ_6
         | op::WRITE_6
         | op::INQUIRY
-        | op::MODE_SENSE_6 => 6,
+        | op::MODE_SELECT_6
+        | op::MODE_SENSE_6
+        | op::START_STOP_UNIT
+        | op::PREVENT_ALLOW_MEDIUM_REMOVAL => 6,
         op::READ_CAPACITY_10
         | op::READ_10
         | op::WRITE_10
+        | op::WRITE_AND_VERIFY_10
+        | op::VERIFY_10
+        | op::PRE_FETCH_10
         | op::SYNCHRONIZE_CACHE_10
+        | op::WRITE_SAME_10
+        | op::UNMAP
+        | op::MODE_SELECT_10
         | op::MODE_SENSE_10 => 10,
-        op::READ_12 | op::WRITE_12 | op::REPORT_LUNS => 12,
-        op::READ_16 | op::WRITE_16 | op::SYNCHRONIZE_CACHE_16 | op::SERVICE_ACTION_IN_16 => 16,
+        op::READ_12
+        | op::WRITE_12
+        | op::WRITE_AND_VERIFY_12
+        | op::VERIFY_12
+        | op::REPORT_LUNS
+        | op::MAINTENANCE_IN => 12,
+        op::READ_16
+        | op::WRITE_16
+        | op::COMPARE_AND_WRITE
+        | op::ORWRITE_16
+        | op::WRITE_AND_VERIFY_16
+        | op::VERIFY_16
+        | op::PRE_FETCH_16
+        | op::SYNCHRONIZE_CACHE_16
+        | op::WRITE_SAME_16
+        | op::WRITE_ATOMIC_16
+        | op::SERVICE_ACTION_IN_16 => 16,
         _ => return None,
     })
 }
@@ -235,6 +383,29 @@ impl Cdb {
                 sai::READ_CAPACITY_16 => Cdb::ReadCapacity16 {
                     alloc_len: be32(b, 10),
                 },
+                sai::GET_LBA_STATUS => Cdb::GetLbaStatus {
+                    lba: be64(b, 2),
+                    alloc_len: be32(b, 10),
+                },
+                service_action => Cdb::UnsupportedServiceAction {
+                    opcode,
+                    service_action,
+                },
+            },
+            op::MAINTENANCE_IN => match b[1] & 0x1f {
+                mi::REPORT_SUPPORTED_OPERATION_CODES => {
+                    Cdb::ReportSupportedOpcodes(ReportOpcodesCdb {
+                        rctd: b[2] & 0x80 != 0,
+                        options: b[2] & 0x07,
+                        opcode: b[3],
+                        service_action: be16(b, 4),
+                        alloc_len: be32(b, 6),
+                    })
+                }
+                mi::REPORT_SUPPORTED_TMFS => Cdb::ReportSupportedTmfs {
+                    repd: b[2] & 0x80 != 0,
+                    alloc_len: be32(b, 6),
+                },
                 service_action => Cdb::UnsupportedServiceAction {
                     opcode,
                     service_action,
@@ -290,6 +461,73 @@ impl Cdb {
                 blocks: be32(b, 10),
                 immed: b[1] & 0x02 != 0,
             },
+            op::VERIFY_10 => {
+                Cdb::Verify10(verify(b, u64::from(be32(b, 2)), u32::from(be16(b, 7)))?)
+            }
+            op::VERIFY_12 => Cdb::Verify12(verify(b, u64::from(be32(b, 2)), be32(b, 6))?),
+            op::VERIFY_16 => Cdb::Verify16(verify(b, be64(b, 2), be32(b, 10))?),
+            op::WRITE_AND_VERIFY_10 => Cdb::WriteAndVerify10(write_verify(
+                b,
+                u64::from(be32(b, 2)),
+                u32::from(be16(b, 7)),
+            )?),
+            op::WRITE_AND_VERIFY_12 => {
+                Cdb::WriteAndVerify12(write_verify(b, u64::from(be32(b, 2)), be32(b, 6))?)
+            }
+            op::WRITE_AND_VERIFY_16 => {
+                Cdb::WriteAndVerify16(write_verify(b, be64(b, 2), be32(b, 10))?)
+            }
+            op::PRE_FETCH_10 => Cdb::PreFetch10(PreFetchCdb {
+                lba: u64::from(be32(b, 2)),
+                blocks: u32::from(be16(b, 7)),
+                immed: b[1] & 0x02 != 0,
+            }),
+            op::PRE_FETCH_16 => Cdb::PreFetch16(PreFetchCdb {
+                lba: be64(b, 2),
+                blocks: be32(b, 10),
+                immed: b[1] & 0x02 != 0,
+            }),
+            op::ORWRITE_16 => Cdb::OrWrite16(rw_flags(b, be64(b, 2), be32(b, 10))?),
+            op::COMPARE_AND_WRITE => {
+                Cdb::CompareAndWrite(rw_flags(b, be64(b, 2), u32::from(b[13]))?)
+            }
+            op::WRITE_ATOMIC_16 => {
+                Cdb::WriteAtomic16(rw_flags(b, be64(b, 2), u32::from(be16(b, 12)))?)
+            }
+            op::WRITE_SAME_10 => Cdb::WriteSame10(write_same(
+                b,
+                u64::from(be32(b, 2)),
+                u32::from(be16(b, 7)),
+                false,
+            )?),
+            op::WRITE_SAME_16 => {
+                Cdb::WriteSame16(write_same(b, be64(b, 2), be32(b, 10), b[1] & 0x01 != 0)?)
+            }
+            op::UNMAP => Cdb::Unmap {
+                anchor: b[1] & 0x01 != 0,
+                param_len: be16(b, 7),
+            },
+            op::START_STOP_UNIT => Cdb::StartStopUnit(StartStopCdb {
+                immed: b[1] & 0x01 != 0,
+                power_condition_modifier: b[3] & 0x0f,
+                power_condition: b[4] >> 4,
+                no_flush: b[4] & 0x04 != 0,
+                loej: b[4] & 0x02 != 0,
+                start: b[4] & 0x01 != 0,
+            }),
+            op::PREVENT_ALLOW_MEDIUM_REMOVAL => Cdb::PreventAllowMediumRemoval {
+                prevent: b[4] & 0x03,
+            },
+            op::MODE_SELECT_6 => Cdb::ModeSelect6(ModeSelectCdb {
+                pf: b[1] & 0x10 != 0,
+                sp: b[1] & 0x01 != 0,
+                param_len: u16::from(b[4]),
+            }),
+            op::MODE_SELECT_10 => Cdb::ModeSelect10(ModeSelectCdb {
+                pf: b[1] & 0x10 != 0,
+                sp: b[1] & 0x01 != 0,
+                param_len: be16(b, 7),
+            }),
             op::MODE_SENSE_6 => Cdb::ModeSense6(ModeSenseCdb {
                 dbd: b[1] & 0x08 != 0,
                 llbaa: false,
@@ -336,6 +574,26 @@ impl Cdb {
             Cdb::SynchronizeCache16 { .. } => op::SYNCHRONIZE_CACHE_16,
             Cdb::ModeSense6(_) => op::MODE_SENSE_6,
             Cdb::ModeSense10(_) => op::MODE_SENSE_10,
+            Cdb::ModeSelect6(_) => op::MODE_SELECT_6,
+            Cdb::ModeSelect10(_) => op::MODE_SELECT_10,
+            Cdb::Verify10(_) => op::VERIFY_10,
+            Cdb::Verify12(_) => op::VERIFY_12,
+            Cdb::Verify16(_) => op::VERIFY_16,
+            Cdb::WriteAndVerify10(_) => op::WRITE_AND_VERIFY_10,
+            Cdb::WriteAndVerify12(_) => op::WRITE_AND_VERIFY_12,
+            Cdb::WriteAndVerify16(_) => op::WRITE_AND_VERIFY_16,
+            Cdb::PreFetch10(_) => op::PRE_FETCH_10,
+            Cdb::PreFetch16(_) => op::PRE_FETCH_16,
+            Cdb::OrWrite16(_) => op::ORWRITE_16,
+            Cdb::CompareAndWrite(_) => op::COMPARE_AND_WRITE,
+            Cdb::WriteAtomic16(_) => op::WRITE_ATOMIC_16,
+            Cdb::WriteSame10(_) => op::WRITE_SAME_10,
+            Cdb::WriteSame16(_) => op::WRITE_SAME_16,
+            Cdb::Unmap { .. } => op::UNMAP,
+            Cdb::GetLbaStatus { .. } => op::SERVICE_ACTION_IN_16,
+            Cdb::StartStopUnit(_) => op::START_STOP_UNIT,
+            Cdb::PreventAllowMediumRemoval { .. } => op::PREVENT_ALLOW_MEDIUM_REMOVAL,
+            Cdb::ReportSupportedOpcodes(_) | Cdb::ReportSupportedTmfs { .. } => op::MAINTENANCE_IN,
             Cdb::ReportLuns { .. } => op::REPORT_LUNS,
             Cdb::UnsupportedServiceAction { opcode, .. } => opcode,
             Cdb::Unknown(opcode) => opcode,
@@ -358,6 +616,71 @@ fn rw_flags(b: &[u8], lba: u64, blocks: u32) -> Result<RwCdb, CdbError> {
         blocks,
         dpo: b[1] & DPO_BIT != 0,
         fua: b[1] & FUA_BIT != 0,
+    })
+}
+
+/// Byte 1 bits 2..1 of VERIFY and WRITE AND VERIFY: BYTCHK (SBC-4 §5.33.1).
+const BYTCHK_SHIFT: u8 = 1;
+/// BYTCHK 10b is reserved in both commands (SBC-4 Table 158).
+const BYTCHK_RESERVED: u8 = 0b10;
+/// BYTCHK 11b (one block compared with every block) exists for VERIFY only.
+const BYTCHK_ONE_BLOCK: u8 = 0b11;
+
+/// VERIFY (10/12/16): VRPROTECT must be 0 (no protection information, SBC-3 §5.33
+/// Table 80), BYTCHK 10b is reserved.
+fn verify(b: &[u8], lba: u64, blocks: u32) -> Result<VerifyCdb, CdbError> {
+    let v = protected_verify(b, lba, blocks)?;
+    if v.bytchk == BYTCHK_RESERVED {
+        return Err(CdbError::InvalidField {
+            byte: 1,
+            bit: Some(2),
+        });
+    }
+    Ok(v)
+}
+
+/// WRITE AND VERIFY (10/12/16): WRPROTECT must be 0; BYTCHK is 00b or 01b.
+fn write_verify(b: &[u8], lba: u64, blocks: u32) -> Result<VerifyCdb, CdbError> {
+    let v = protected_verify(b, lba, blocks)?;
+    if v.bytchk == BYTCHK_RESERVED || v.bytchk == BYTCHK_ONE_BLOCK {
+        return Err(CdbError::InvalidField {
+            byte: 1,
+            bit: Some(2),
+        });
+    }
+    Ok(v)
+}
+
+fn protected_verify(b: &[u8], lba: u64, blocks: u32) -> Result<VerifyCdb, CdbError> {
+    if b[1] & PROTECT_MASK != 0 {
+        return Err(CdbError::InvalidField {
+            byte: 1,
+            bit: Some(7),
+        });
+    }
+    Ok(VerifyCdb {
+        lba,
+        blocks,
+        dpo: b[1] & DPO_BIT != 0,
+        bytchk: (b[1] >> BYTCHK_SHIFT) & 0x03,
+    })
+}
+
+/// WRITE SAME (10/16): WRPROTECT must be 0 (SBC-3 §5.42 Table 98); ANCHOR is byte 1
+/// bit 4, UNMAP bit 3.
+fn write_same(b: &[u8], lba: u64, blocks: u32, ndob: bool) -> Result<WriteSameCdb, CdbError> {
+    if b[1] & PROTECT_MASK != 0 {
+        return Err(CdbError::InvalidField {
+            byte: 1,
+            bit: Some(7),
+        });
+    }
+    Ok(WriteSameCdb {
+        lba,
+        blocks,
+        unmap: b[1] & 0x08 != 0,
+        anchor: b[1] & 0x10 != 0,
+        ndob,
     })
 }
 
@@ -395,10 +718,8 @@ mod tests {
     #[test]
     fn unknown_opcode_decodes_even_when_short() {
         assert_eq!(Cdb::decode(&[0xc7]), Ok(Cdb::Unknown(0xc7)));
-        assert_eq!(
-            Cdb::decode(&[op::VERIFY_10; 16]),
-            Ok(Cdb::Unknown(op::VERIFY_10))
-        );
+        // SEND DIAGNOSTIC (0x1D) is not ours.
+        assert_eq!(Cdb::decode(&[0x1d; 16]), Ok(Cdb::Unknown(0x1d)));
     }
 
     #[test]
@@ -583,12 +904,13 @@ mod tests {
         c[1] = sai::READ_CAPACITY_16;
         c[13] = 32;
         assert_eq!(Cdb::decode(&c), Ok(Cdb::ReadCapacity16 { alloc_len: 32 }));
-        c[1] = sai::GET_LBA_STATUS;
+        // 0x13: REPORT REFERRALS, not ours.
+        c[1] = 0x13;
         assert_eq!(
             Cdb::decode(&c),
             Ok(Cdb::UnsupportedServiceAction {
                 opcode: op::SERVICE_ACTION_IN_16,
-                service_action: sai::GET_LBA_STATUS
+                service_action: 0x13
             })
         );
     }
@@ -687,6 +1009,253 @@ mod tests {
         assert_eq!(s[15], 0xc8 | 7);
     }
 
+    fn cdb16(opcode: u8, byte1: u8, lba: u64, len: u32) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[0] = opcode;
+        c[1] = byte1;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&len.to_be_bytes());
+        c
+    }
+
+    #[test]
+    fn verify10_decodes_bytchk_and_dpo() {
+        let c = [op::VERIFY_10, 0x12, 0, 0, 0, 7, 0, 0, 3, 0];
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::Verify10(VerifyCdb {
+                lba: 7,
+                blocks: 3,
+                dpo: true,
+                bytchk: 1
+            }))
+        );
+        let c = [op::VERIFY_10, 0x06, 0, 0, 0, 7, 0, 0, 3, 0];
+        assert!(matches!(
+            Cdb::decode(&c),
+            Ok(Cdb::Verify10(VerifyCdb { bytchk: 3, .. }))
+        ));
+    }
+
+    #[test]
+    fn verify_reserved_bytchk_and_vrprotect_are_invalid() {
+        let c = [op::VERIFY_10, 0x04, 0, 0, 0, 7, 0, 0, 3, 0];
+        assert_eq!(
+            Cdb::decode(&c),
+            Err(CdbError::InvalidField {
+                byte: 1,
+                bit: Some(2)
+            })
+        );
+        for prot in 1u8..8 {
+            let c = cdb16(op::VERIFY_16, prot << 5, 0, 1);
+            assert_eq!(
+                Cdb::decode(&c),
+                Err(CdbError::InvalidField {
+                    byte: 1,
+                    bit: Some(7)
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn write_and_verify_accepts_bytchk_0_and_1_only() {
+        let mut c = [0u8; 12];
+        c[0] = op::WRITE_AND_VERIFY_12;
+        c[1] = 0x02;
+        c[2..6].copy_from_slice(&9u32.to_be_bytes());
+        c[6..10].copy_from_slice(&2u32.to_be_bytes());
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::WriteAndVerify12(VerifyCdb {
+                lba: 9,
+                blocks: 2,
+                dpo: false,
+                bytchk: 1
+            }))
+        );
+        c[1] = 0x06;
+        assert!(Cdb::decode(&c).is_err(), "BYTCHK 11b is VERIFY only");
+    }
+
+    #[test]
+    fn prefetch_decodes_immed() {
+        let c = [op::PRE_FETCH_10, 0x02, 0, 0, 1, 0, 0, 0, 4, 0];
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::PreFetch10(PreFetchCdb {
+                lba: 256,
+                blocks: 4,
+                immed: true
+            }))
+        );
+        let c = cdb16(op::PRE_FETCH_16, 0, 1 << 33, 8);
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::PreFetch16(PreFetchCdb {
+                lba: 1 << 33,
+                blocks: 8,
+                immed: false
+            }))
+        );
+    }
+
+    #[test]
+    fn compare_and_write_takes_blocks_from_byte_13() {
+        let mut c = cdb16(op::COMPARE_AND_WRITE, 0x18, 5, 0);
+        c[13] = 2;
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::CompareAndWrite(rw(5, 2, true, true)))
+        );
+        c[1] = 0x20;
+        assert!(Cdb::decode(&c).is_err(), "WRPROTECT");
+    }
+
+    #[test]
+    fn write_atomic16_takes_a_16_bit_length_at_byte_12() {
+        let mut c = cdb16(op::WRITE_ATOMIC_16, 0, 3, 0);
+        c[12..14].copy_from_slice(&0x0102u16.to_be_bytes());
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::WriteAtomic16(rw(3, 0x102, false, false)))
+        );
+    }
+
+    #[test]
+    fn orwrite16_decodes_and_rejects_orprotect() {
+        let c = cdb16(op::ORWRITE_16, 0x08, 11, 4);
+        assert_eq!(Cdb::decode(&c), Ok(Cdb::OrWrite16(rw(11, 4, false, true))));
+        let c = cdb16(op::ORWRITE_16, 0x40, 11, 4);
+        assert!(Cdb::decode(&c).is_err());
+    }
+
+    #[test]
+    fn write_same_decodes_unmap_anchor_ndob() {
+        let c = [op::WRITE_SAME_10, 0x18, 0, 0, 0, 1, 0, 0, 2, 0];
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::WriteSame10(WriteSameCdb {
+                lba: 1,
+                blocks: 2,
+                unmap: true,
+                anchor: true,
+                ndob: false
+            }))
+        );
+        let c = cdb16(op::WRITE_SAME_16, 0x09, 1, 2);
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::WriteSame16(WriteSameCdb {
+                lba: 1,
+                blocks: 2,
+                unmap: true,
+                anchor: false,
+                ndob: true
+            }))
+        );
+        let c = cdb16(op::WRITE_SAME_16, 0x80, 1, 2);
+        assert!(Cdb::decode(&c).is_err(), "WRPROTECT");
+    }
+
+    #[test]
+    fn unmap_and_get_lba_status_decode() {
+        let c = [op::UNMAP, 1, 0, 0, 0, 0, 0, 0, 24, 0];
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::Unmap {
+                anchor: true,
+                param_len: 24
+            })
+        );
+        let c = cdb16(op::SERVICE_ACTION_IN_16, sai::GET_LBA_STATUS, 77, 24);
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::GetLbaStatus {
+                lba: 77,
+                alloc_len: 24
+            })
+        );
+    }
+
+    #[test]
+    fn start_stop_and_prevent_allow_decode() {
+        let c = [op::START_STOP_UNIT, 1, 0, 0x0f, 0x37, 0];
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::StartStopUnit(StartStopCdb {
+                immed: true,
+                power_condition_modifier: 0x0f,
+                power_condition: 3,
+                no_flush: true,
+                loej: true,
+                start: true
+            }))
+        );
+        let c = [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0xfd, 0];
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::PreventAllowMediumRemoval { prevent: 1 })
+        );
+    }
+
+    #[test]
+    fn mode_select_decodes_pf_sp_and_length() {
+        let c = [op::MODE_SELECT_6, 0x11, 0, 0, 28, 0];
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::ModeSelect6(ModeSelectCdb {
+                pf: true,
+                sp: true,
+                param_len: 28
+            }))
+        );
+        let c = [op::MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, 1, 2, 0];
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::ModeSelect10(ModeSelectCdb {
+                pf: true,
+                sp: false,
+                param_len: 0x102
+            }))
+        );
+    }
+
+    #[test]
+    fn maintenance_in_decodes_report_opcodes_and_tmfs() {
+        let mut c = [0u8; 12];
+        c[0] = op::MAINTENANCE_IN;
+        c[1] = mi::REPORT_SUPPORTED_OPERATION_CODES;
+        c[2] = 0x82;
+        c[3] = op::SERVICE_ACTION_IN_16;
+        c[4..6].copy_from_slice(&0x10u16.to_be_bytes());
+        c[6..10].copy_from_slice(&512u32.to_be_bytes());
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::ReportSupportedOpcodes(ReportOpcodesCdb {
+                rctd: true,
+                options: 2,
+                opcode: op::SERVICE_ACTION_IN_16,
+                service_action: 0x10,
+                alloc_len: 512
+            }))
+        );
+        c[1] = mi::REPORT_SUPPORTED_TMFS;
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::ReportSupportedTmfs {
+                repd: true,
+                alloc_len: 512
+            })
+        );
+        c[1] = mi::REPORT_TARGET_PORT_GROUPS;
+        assert!(matches!(
+            Cdb::decode(&c),
+            Ok(Cdb::UnsupportedServiceAction { .. })
+        ));
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(v in proptest::collection::vec(any::<u8>(), 0..270)) {
@@ -700,7 +1269,13 @@ mod tests {
                 op::INQUIRY, op::MODE_SENSE_6, op::READ_CAPACITY_10, op::READ_10,
                 op::WRITE_10, op::SYNCHRONIZE_CACHE_10, op::MODE_SENSE_10, op::READ_12,
                 op::WRITE_12, op::REPORT_LUNS, op::READ_16, op::WRITE_16,
-                op::SYNCHRONIZE_CACHE_16, op::SERVICE_ACTION_IN_16,
+                op::SYNCHRONIZE_CACHE_16, op::SERVICE_ACTION_IN_16, op::MODE_SELECT_6,
+                op::MODE_SELECT_10, op::START_STOP_UNIT, op::PREVENT_ALLOW_MEDIUM_REMOVAL,
+                op::VERIFY_10, op::VERIFY_12, op::VERIFY_16, op::WRITE_AND_VERIFY_10,
+                op::WRITE_AND_VERIFY_12, op::WRITE_AND_VERIFY_16, op::PRE_FETCH_10,
+                op::PRE_FETCH_16, op::ORWRITE_16, op::COMPARE_AND_WRITE,
+                op::WRITE_ATOMIC_16, op::WRITE_SAME_10, op::WRITE_SAME_16, op::UNMAP,
+                op::MAINTENANCE_IN,
             ]),
             rest in proptest::collection::vec(any::<u8>(), 0..20),
         ) {

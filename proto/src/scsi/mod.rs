@@ -13,5 +13,8 @@ pub mod opcode;
 pub mod sense;
 pub mod status;
 
-pub use cdb::{Cdb, CdbError, ModeSenseCdb, RwCdb};
+pub use cdb::{
+    Cdb, CdbError, ModeSelectCdb, ModeSenseCdb, PreFetchCdb, ReportOpcodesCdb, RwCdb, StartStopCdb,
+    VerifyCdb, WriteSameCdb,
+};
 pub use sense::{Asc, Sense};

@@ -25,8 +25,12 @@ pub const READ_CAPACITY_10: u8 = 0x25;
 pub const READ_10: u8 = 0x28;
 /// WRITE(10) (SBC-3 §5.35).
 pub const WRITE_10: u8 = 0x2a;
+/// WRITE AND VERIFY(10) (SBC-3 §5.45).
+pub const WRITE_AND_VERIFY_10: u8 = 0x2e;
 /// VERIFY(10) (SBC-3 §5.33).
 pub const VERIFY_10: u8 = 0x2f;
+/// PRE-FETCH(10) (SBC-3 §5.9).
+pub const PRE_FETCH_10: u8 = 0x34;
 /// SYNCHRONIZE CACHE(10) (SBC-3 §5.22).
 pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
 /// WRITE SAME(10) (SBC-3 §5.43).
@@ -47,10 +51,20 @@ pub const READ_16: u8 = 0x88;
 pub const COMPARE_AND_WRITE: u8 = 0x89;
 /// WRITE(16) (SBC-3 §5.37).
 pub const WRITE_16: u8 = 0x8a;
+/// ORWRITE(16) (SBC-4 §5.9).
+pub const ORWRITE_16: u8 = 0x8b;
+/// WRITE AND VERIFY(16) (SBC-3 §5.47).
+pub const WRITE_AND_VERIFY_16: u8 = 0x8e;
+/// VERIFY(16) (SBC-3 §5.35).
+pub const VERIFY_16: u8 = 0x8f;
+/// PRE-FETCH(16) (SBC-3 §5.10).
+pub const PRE_FETCH_16: u8 = 0x90;
 /// SYNCHRONIZE CACHE(16) (SBC-3 §5.23).
 pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
 /// WRITE SAME(16) (SBC-3 §5.44).
 pub const WRITE_SAME_16: u8 = 0x93;
+/// WRITE ATOMIC(16) (SBC-4 §5.48).
+pub const WRITE_ATOMIC_16: u8 = 0x9c;
 /// SERVICE ACTION IN(16): READ CAPACITY(16), GET LBA STATUS, ... (SBC-3 §5.16).
 pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
 /// REPORT LUNS (SPC-4 §6.33).
@@ -61,6 +75,20 @@ pub const MAINTENANCE_IN: u8 = 0xa3;
 pub const READ_12: u8 = 0xa8;
 /// WRITE(12) (SBC-3 §5.36).
 pub const WRITE_12: u8 = 0xaa;
+/// WRITE AND VERIFY(12) (SBC-3 §5.46).
+pub const WRITE_AND_VERIFY_12: u8 = 0xae;
+/// VERIFY(12) (SBC-3 §5.34).
+pub const VERIFY_12: u8 = 0xaf;
+
+/// Service actions of MAINTENANCE IN (byte 1, bits 4..0; SPC-4 §6.23).
+pub mod maintenance_in {
+    /// REPORT TARGET PORT GROUPS (SPC-4 §6.35).
+    pub const REPORT_TARGET_PORT_GROUPS: u8 = 0x0a;
+    /// REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35).
+    pub const REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0c;
+    /// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 §6.36).
+    pub const REPORT_SUPPORTED_TMFS: u8 = 0x0d;
+}
 
 /// Service actions of SERVICE ACTION IN(16) (byte 1, bits 4..0).
 pub mod service_action_in_16 {

@@ -127,6 +127,18 @@ impl Sense {
         )
     }
 
+    /// ILLEGAL REQUEST / INVALID FIELD IN PARAMETER LIST pointing at `byte` (and
+    /// `bit`) of the parameter list (SPC-4 §4.5.2.4.2, C/D = 0).
+    pub const fn invalid_field_in_param(byte: u16, bit: Option<u8>) -> Sense {
+        Sense::new(key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_PARAMETER_LIST).with_field_pointer(
+            FieldPointer {
+                in_cdb: false,
+                byte,
+                bit,
+            },
+        )
+    }
+
     /// Sets the INFORMATION field.
     pub const fn with_information(mut self, information: u64) -> Sense {
         self.information = Some(information);
@@ -247,6 +259,14 @@ mod tests {
         let b = Sense::invalid_field_in_cdb(0x102, None).to_fixed();
         assert_eq!(b[15], 0xc0);
         assert_eq!(&b[16..18], &[1, 2]);
+    }
+
+    #[test]
+    fn invalid_field_in_param_points_into_the_parameter_list() {
+        let b = Sense::invalid_field_in_param(9, Some(3)).to_fixed();
+        assert_eq!((b[2], b[12], b[13]), (key::ILLEGAL_REQUEST, 0x26, 0));
+        assert_eq!(b[15], 0x80 | 0x08 | 3, "SKSV and BPV, C/D clear");
+        assert_eq!(&b[16..18], &[0, 9]);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 use mosaic_proto::scsi::opcode::vpd;
 use mosaic_proto::scsi::Sense;
 
+use super::block::MAX_COMPARE_AND_WRITE_BLOCKS;
+use super::provisioning::{MAX_UNMAP_DESCRIPTORS, MAX_UNMAP_LBA_COUNT};
 use super::{LogicalUnit, LuConfig, MAX_TRANSFER_BYTES};
 
 /// Peripheral qualifier 000b, device type 00h: a connected direct-access block device.
@@ -96,16 +98,14 @@ pub(super) fn vpd_page(lu: &LogicalUnit, page: u8) -> Result<Vec<u8>, Sense> {
             ascii_field(s, s.len().min(255))
         }
         vpd::DEVICE_IDENTIFICATION => device_identification(&lu.cfg),
-        vpd::BLOCK_LIMITS => block_limits(lu.cfg.block_size),
+        vpd::BLOCK_LIMITS => block_limits(lu),
         vpd::BLOCK_DEVICE_CHARACTERISTICS => {
             let mut b = vec![0u8; SBC3_VPD_PAGE_LEN];
             // MEDIUM ROTATION RATE 0001h: non-rotating medium (SBC-3 §6.5.2).
             b[1] = 0x01;
             b
         }
-        // Fully provisioned: no UNMAP, no WRITE SAME unmap, LBPRZ 0, type 0 (SBC-3
-        // §6.5.4). THRESHOLD EXPONENT 0.
-        vpd::LOGICAL_BLOCK_PROVISIONING => vec![0u8; 4],
+        vpd::LOGICAL_BLOCK_PROVISIONING => logical_block_provisioning(lu.opts.thin),
         _ => return Err(Sense::invalid_field_in_cdb(2, None)),
     };
     let mut d = Vec::with_capacity(4 + body.len());
@@ -191,16 +191,55 @@ fn device_identification(cfg: &LuConfig) -> Vec<u8> {
     d
 }
 
-/// Block Limits (SBC-3 §6.5.3): our transfer limit; no UNMAP, no WRITE SAME, no
-/// COMPARE AND WRITE.
-fn block_limits(block_size: u32) -> Vec<u8> {
+/// Block Limits (SBC-3 §6.5.3, SBC-4 §6.6.4): WSNZ (WRITE SAME of 0 blocks is
+/// refused), COMPARE AND WRITE length, our transfer limit, UNMAP limits and
+/// granularity on a thin volume, WRITE SAME limit, and atomic writes up to the
+/// transfer limit (every write is atomic, see `lock`) with no alignment, granularity
+/// or boundary rules.
+fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     /// OPTIMAL TRANSFER LENGTH GRANULARITY: 4 KiB, the page size of the host cache.
     const OPTIMAL_GRANULARITY_BYTES: u32 = 4096;
+    /// Byte 4 bit 0: WSNZ.
+    const WSNZ: u8 = 0x01;
+    /// UGAVALID: UNMAP GRANULARITY ALIGNMENT is valid (alignment 0).
+    const UGAVALID: u32 = 0x8000_0000;
+    let block_size = lu.cfg.block_size;
     let mut b = vec![0u8; SBC3_VPD_PAGE_LEN];
     // Offsets below are page offsets minus the 4-byte header.
+    b[0] = WSNZ;
+    b[1] = MAX_COMPARE_AND_WRITE_BLOCKS as u8;
     let granularity = (OPTIMAL_GRANULARITY_BYTES / block_size).max(1) as u16;
     b[2..4].copy_from_slice(&granularity.to_be_bytes());
     let max_blocks = (MAX_TRANSFER_BYTES / u64::from(block_size)) as u32;
     b[4..8].copy_from_slice(&max_blocks.to_be_bytes());
+    if lu.opts.thin {
+        b[16..20].copy_from_slice(&MAX_UNMAP_LBA_COUNT.to_be_bytes());
+        b[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        let unit = (lu.store.allocation_unit() / u64::from(block_size)).max(1) as u32;
+        b[24..28].copy_from_slice(&unit.to_be_bytes());
+        b[28..32].copy_from_slice(&UGAVALID.to_be_bytes());
+    }
+    b[32..40].copy_from_slice(&lu.max_write_same_blocks().to_be_bytes());
+    // MAXIMUM ATOMIC TRANSFER LENGTH; ATOMIC ALIGNMENT, ATOMIC TRANSFER LENGTH
+    // GRANULARITY and the boundary fields stay 0.
+    b[40..44].copy_from_slice(&max_blocks.to_be_bytes());
+    b
+}
+
+/// Logical Block Provisioning (SBC-3 §6.5.4, SBC-4 §6.6.6). Thin: LBPU (UNMAP),
+/// LBPWS and LBPWS10 (WRITE SAME with UNMAP), LBPRZ 001b (deallocated blocks read as
+/// zeros), no anchoring, PROVISIONING TYPE 010b (thin). Fully provisioned: all zero.
+fn logical_block_provisioning(thin: bool) -> Vec<u8> {
+    const LBPU: u8 = 0x80;
+    const LBPWS: u8 = 0x40;
+    const LBPWS10: u8 = 0x20;
+    /// LBPRZ field (bits 4..2) = 001b.
+    const LBPRZ: u8 = 0x04;
+    const PROVISIONING_TYPE_THIN: u8 = 0x02;
+    let mut b = vec![0u8; 4];
+    if thin {
+        b[1] = LBPU | LBPWS | LBPWS10 | LBPRZ;
+        b[2] = PROVISIONING_TYPE_THIN;
+    }
     b
 }

@@ -2,9 +2,19 @@
 //! against a [`BackingStore`] and answers with status, sense and data.
 //!
 //! One [`LogicalUnit`] is shared through `Arc` by every session; `execute` takes
-//! `&self` and holds no lock across I/O, so commands from all sessions run
-//! concurrently. Nothing here knows about PDUs: the session gives a [`ScsiRequest`]
-//! (CDB, LUN, the Data-Out it received, EDTL) and gets a [`ScsiResult`] back.
+//! `&self`, so commands from all sessions run concurrently. The only lock held across
+//! I/O is the LBA range lock ([`lock`]): reads share a range, commands that modify
+//! the medium hold theirs exclusively, so COMPARE AND WRITE and ORWRITE are atomic
+//! against every other write. Nothing here knows about PDUs: the session gives a
+//! [`ScsiRequest`] (CDB, LUN, the Data-Out it received, EDTL) and gets a
+//! [`ScsiResult`] back.
+//!
+//! - [`inquiry`]: standard INQUIRY data and the VPD pages.
+//! - [`mode`]: MODE SENSE / MODE SELECT and the mode parameters they change (WCE, SWP).
+//! - [`block`]: VERIFY, WRITE AND VERIFY, PRE-FETCH, ORWRITE, COMPARE AND WRITE,
+//!   WRITE ATOMIC, START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL.
+//! - [`provisioning`]: thin provisioning: UNMAP, WRITE SAME, GET LBA STATUS.
+//! - [`opcodes`]: REPORT SUPPORTED OPERATION CODES and TASK MANAGEMENT FUNCTIONS.
 //!
 //! Residuals (RFC 7143 §11.4.5): the session truncates `data_in` to EDTL and reports
 //! `|EDTL - transfer_len|` as overflow (EDTL smaller) or underflow (EDTL larger).
@@ -13,8 +23,12 @@
 //! available)), for WRITE the bytes the CDB asks for, and EDTL itself for commands
 //! that fail before their length is known (unknown opcode, malformed CDB, missing LUN).
 
+mod block;
 mod inquiry;
+mod lock;
 mod mode;
+mod opcodes;
+mod provisioning;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +37,8 @@ use mosaic_proto::scsi::sense::{key, FieldPointer};
 use mosaic_proto::scsi::{status, Asc, Cdb, RwCdb, Sense};
 
 use crate::store::BackingStore;
+
+pub use opcodes::SUPPORTED_TMFS;
 
 /// The largest READ or WRITE we execute, in bytes: bounds the memory one command can
 /// pin. Reported to initiators as MAXIMUM TRANSFER LENGTH in the Block Limits VPD page
@@ -71,6 +87,31 @@ impl LuConfig {
     }
 }
 
+/// How a volume is provisioned and whether it may be written. Separate from
+/// [`LuConfig`] (identity and geometry) so that adding a policy does not touch every
+/// place that builds a config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LuOptions {
+    /// Thin provisioned (SBC-3 §4.7.3): LBPME = 1, UNMAP and WRITE SAME with UNMAP
+    /// deallocate (holes in a file, dropped chunks in memory), GET LBA STATUS reports
+    /// holes. False: fully provisioned, LBPME = 0, a file store is preallocated, and
+    /// UNMAP is not supported.
+    pub thin: bool,
+    /// Write protected: every command that would modify the medium fails with DATA
+    /// PROTECT / WRITE PROTECTED and MODE SENSE reports WP = 1 (SBC-3 §4.11).
+    pub read_only: bool,
+}
+
+impl Default for LuOptions {
+    /// Thin and writable: volumes are thin by default.
+    fn default() -> LuOptions {
+        LuOptions {
+            thin: true,
+            read_only: false,
+        }
+    }
+}
+
 /// Errors creating a logical unit.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ScsiError {
@@ -83,6 +124,9 @@ pub enum ScsiError {
     /// The store has no blocks at all (READ CAPACITY could not describe it).
     #[error("store is empty")]
     Empty,
+    /// A fully provisioned volume's backing file could not be allocated.
+    #[error("cannot preallocate the fully provisioned volume: {0}")]
+    Preallocate(String),
 }
 
 /// One SCSI command as the session hands it over.
@@ -128,6 +172,11 @@ impl ScsiResult {
         ScsiResult::good(Bytes::from(data), len)
     }
 
+    /// GOOD with no data.
+    fn ok(transfer_len: u32) -> ScsiResult {
+        ScsiResult::good(Bytes::new(), transfer_len)
+    }
+
     fn check(sense: Sense, transfer_len: u32) -> ScsiResult {
         ScsiResult {
             status: status::CHECK_CONDITION,
@@ -147,13 +196,29 @@ impl ScsiResult {
 #[derive(Debug)]
 pub struct LogicalUnit {
     cfg: LuConfig,
+    opts: LuOptions,
     store: BackingStore,
     num_blocks: u64,
+    /// LBA range lock: shared by reads, exclusive for writes.
+    locks: lock::RangeLock,
+    /// Mode parameters MODE SELECT may change.
+    mode: mode::ModeState,
 }
 
 impl LogicalUnit {
-    /// A logical unit over `store`, whose size must be a nonzero multiple of the block size.
+    /// A thin, writable logical unit over `store` (see [`LogicalUnit::with_options`]).
     pub fn new(cfg: LuConfig, store: BackingStore) -> Result<LogicalUnit, ScsiError> {
+        LogicalUnit::with_options(cfg, store, LuOptions::default())
+    }
+
+    /// A logical unit over `store`, whose size must be a nonzero multiple of the block
+    /// size. A fully provisioned (`thin: false`), writable file store is preallocated
+    /// here, which blocks: call it at startup.
+    pub fn with_options(
+        cfg: LuConfig,
+        store: BackingStore,
+        opts: LuOptions,
+    ) -> Result<LogicalUnit, ScsiError> {
         if !SUPPORTED_BLOCK_SIZES.contains(&cfg.block_size) {
             return Err(ScsiError::BlockSize(cfg.block_size));
         }
@@ -168,11 +233,24 @@ impl LogicalUnit {
             return Err(ScsiError::Empty);
         }
         let num_blocks = size / u64::from(cfg.block_size);
+        if !opts.thin && !opts.read_only {
+            store
+                .preallocate()
+                .map_err(|e| ScsiError::Preallocate(e.to_string()))?;
+        }
         Ok(LogicalUnit {
             cfg,
+            opts,
             store,
             num_blocks,
+            locks: lock::RangeLock::default(),
+            mode: mode::ModeState::default(),
         })
+    }
+
+    /// The provisioning and write-protection policy this unit was built with.
+    pub fn options(&self) -> LuOptions {
+        self.opts
     }
 
     /// Logical block size in bytes.
@@ -246,6 +324,8 @@ impl LogicalUnit {
                 Ok(data) => ScsiResult::good_truncated(data, usize::from(ms.alloc_len)),
                 Err(sense) => ScsiResult::check(sense, 0),
             },
+            Cdb::ModeSelect6(ms) => mode::mode_select(self, &ms, false, &req.data_out),
+            Cdb::ModeSelect10(ms) => mode::mode_select(self, &ms, true, &req.data_out),
             Cdb::Read6(rw) => self.read(rw, 4).await,
             Cdb::Read10(rw) => self.read(rw, 7).await,
             Cdb::Read12(rw) => self.read(rw, 6).await,
@@ -257,6 +337,26 @@ impl LogicalUnit {
             Cdb::SynchronizeCache10 { lba, blocks, .. }
             | Cdb::SynchronizeCache16 { lba, blocks, .. } => {
                 self.synchronize_cache(lba, blocks).await
+            }
+            Cdb::Verify10(v) => self.verify(v, 7, req.data_out).await,
+            Cdb::Verify12(v) => self.verify(v, 6, req.data_out).await,
+            Cdb::Verify16(v) => self.verify(v, 10, req.data_out).await,
+            Cdb::WriteAndVerify10(v) => self.write_and_verify(v, 7, req.data_out).await,
+            Cdb::WriteAndVerify12(v) => self.write_and_verify(v, 6, req.data_out).await,
+            Cdb::WriteAndVerify16(v) => self.write_and_verify(v, 10, req.data_out).await,
+            Cdb::PreFetch10(p) | Cdb::PreFetch16(p) => self.prefetch(p).await,
+            Cdb::OrWrite16(rw) => self.orwrite(rw, req.data_out).await,
+            Cdb::CompareAndWrite(rw) => self.compare_and_write(rw, req.data_out).await,
+            Cdb::WriteAtomic16(rw) => self.write_atomic(rw, &req.cdb, req.data_out).await,
+            Cdb::WriteSame10(ws) => self.write_same(ws, 7, req.data_out).await,
+            Cdb::WriteSame16(ws) => self.write_same(ws, 10, req.data_out).await,
+            Cdb::Unmap { anchor, param_len } => self.unmap(anchor, param_len, req.data_out).await,
+            Cdb::GetLbaStatus { lba, alloc_len } => self.get_lba_status(lba, alloc_len).await,
+            Cdb::StartStopUnit(ss) => self.start_stop_unit(ss).await,
+            Cdb::PreventAllowMediumRemoval { prevent } => block::prevent_allow(prevent),
+            Cdb::ReportSupportedOpcodes(r) => opcodes::report_supported_opcodes(self, &r),
+            Cdb::ReportSupportedTmfs { repd, alloc_len } => {
+                opcodes::report_supported_tmfs(repd, alloc_len)
             }
             Cdb::UnsupportedServiceAction { .. } => {
                 ScsiResult::check(Sense::invalid_field_in_cdb(1, Some(4)), req.expected_len)
@@ -323,8 +423,88 @@ impl LogicalUnit {
 
     /// Bytes a READ/WRITE CDB asks to move, saturated to u32.
     fn rw_transfer_len(&self, rw: &RwCdb) -> u32 {
-        let bytes = u64::from(rw.blocks) * u64::from(self.cfg.block_size);
+        self.blocks_len(rw.blocks)
+    }
+
+    /// `blocks` logical blocks in bytes, saturated to u32 (for transfer lengths).
+    fn blocks_len(&self, blocks: u32) -> u32 {
+        let bytes = u64::from(blocks) * u64::from(self.cfg.block_size);
         u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+
+    /// Byte offset of a logical block in the store.
+    fn offset_of(&self, lba: u64) -> u64 {
+        lba * u64::from(self.cfg.block_size)
+    }
+
+    /// DATA PROTECT / WRITE PROTECTED when the medium may not be modified: a read-only
+    /// volume, or software write protect (SWP) set through the Control mode page
+    /// (SBC-3 §4.11, SPC-4 §7.5.7).
+    fn check_writable(&self) -> Result<(), Sense> {
+        if self.is_write_protected() {
+            return Err(Sense::new(key::DATA_PROTECT, Asc::WRITE_PROTECTED));
+        }
+        Ok(())
+    }
+
+    /// Whether writes are refused (read-only volume or SWP), as MODE SENSE's WP bit.
+    fn is_write_protected(&self) -> bool {
+        self.opts.read_only || self.mode.swp()
+    }
+
+    /// The Data-Out bytes a command writes: all `bytes` the CDB asks for, or only the
+    /// whole blocks received when fewer arrived (EDTL too small; the session reports
+    /// the residual). Extra bytes are ignored; a partial block is INVALID FIELD IN
+    /// INFORMATION UNIT.
+    fn whole_blocks(&self, data_out: Bytes, bytes: usize) -> Result<Bytes, Sense> {
+        if data_out.len() >= bytes {
+            Ok(data_out.slice(..bytes))
+        } else if data_out.len().is_multiple_of(self.cfg.block_size as usize) {
+            Ok(data_out)
+        } else {
+            Err(Sense::new(
+                key::ILLEGAL_REQUEST,
+                Asc::INVALID_FIELD_IN_INFORMATION_UNIT,
+            ))
+        }
+    }
+
+    /// Reads `len` bytes from block `lba`; failures are MEDIUM ERROR.
+    async fn read_medium(&self, lba: u64, len: usize) -> Result<Bytes, Sense> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        self.store
+            .read_at(self.offset_of(lba), len)
+            .await
+            .map_err(|e| {
+                tracing::warn!(lu = %self.cfg.name, lba, error = %e, "read failed");
+                Sense::new(key::MEDIUM_ERROR, Asc::UNRECOVERED_READ_ERROR).with_information(lba)
+            })
+    }
+
+    /// Writes `data` at block `lba`, then makes it durable when FUA asks for it or the
+    /// write cache is disabled (WCE = 0 in the Caching mode page: every write is on
+    /// stable storage before GOOD, SBC-3 §6.4.5). Failures are MEDIUM ERROR.
+    async fn write_medium(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), Sense> {
+        if !data.is_empty() {
+            if let Err(e) = self.store.write_at(self.offset_of(lba), data).await {
+                tracing::warn!(lu = %self.cfg.name, lba, error = %e, "write failed");
+                return Err(Sense::new(key::MEDIUM_ERROR, Asc::WRITE_ERROR).with_information(lba));
+            }
+        }
+        self.flush_if_needed(lba, fua).await
+    }
+
+    /// Flushes when FUA is set or the write cache is disabled.
+    async fn flush_if_needed(&self, lba: u64, fua: bool) -> Result<(), Sense> {
+        if fua || !self.mode.wce() {
+            if let Err(e) = self.store.flush().await {
+                tracing::warn!(lu = %self.cfg.name, error = %e, "flush failed");
+                return Err(Sense::new(key::MEDIUM_ERROR, Asc::WRITE_ERROR).with_information(lba));
+            }
+        }
+        Ok(())
     }
 
     /// READ(6/10/12/16) (SBC-3 §5.11-5.14). DPO and FUA need nothing: reads come from
@@ -338,17 +518,10 @@ impl LogicalUnit {
         if bytes == 0 {
             return ScsiResult::good(Bytes::new(), 0);
         }
-        let offset = rw.lba * u64::from(self.cfg.block_size);
-        match self.store.read_at(offset, bytes as usize).await {
+        let _range = self.locks.lock(rw.lba, u64::from(rw.blocks), false).await;
+        match self.read_medium(rw.lba, bytes as usize).await {
             Ok(data) => ScsiResult::good(data, transfer_len),
-            Err(e) => {
-                tracing::warn!(lu = %self.cfg.name, lba = rw.lba, error = %e, "read failed");
-                ScsiResult::check(
-                    Sense::new(key::MEDIUM_ERROR, Asc::UNRECOVERED_READ_ERROR)
-                        .with_information(rw.lba),
-                    transfer_len,
-                )
-            }
+            Err(sense) => ScsiResult::check(sense, transfer_len),
         }
     }
 
@@ -357,41 +530,30 @@ impl LogicalUnit {
     /// command is GOOD, with the session reporting the overflow residual (libiscsi
     /// test_write10_residuals); a partial block is refused with INVALID FIELD IN
     /// INFORMATION UNIT and nothing is written. Extra bytes beyond the CDB's length are
-    /// ignored. FUA flushes before GOOD.
+    /// ignored. FUA (or WCE = 0) flushes before GOOD. The range is held exclusively, so
+    /// the write is atomic to overlapping reads and writes.
     async fn write(&self, rw: RwCdb, len_field: u16, data_out: Bytes) -> ScsiResult {
         let transfer_len = self.rw_transfer_len(&rw);
         let bytes = match self.check_rw(&rw, len_field) {
             Ok(bytes) => bytes as usize,
             Err(sense) => return ScsiResult::check(sense, transfer_len),
         };
+        if let Err(sense) = self.check_writable() {
+            return ScsiResult::check(sense, transfer_len);
+        }
         if bytes == 0 {
-            return ScsiResult::good(Bytes::new(), 0);
+            return ScsiResult::ok(0);
         }
-        let data = if data_out.len() >= bytes {
-            data_out.slice(..bytes)
-        } else if data_out.len().is_multiple_of(self.cfg.block_size as usize) {
-            data_out
-        } else {
-            return ScsiResult::check(
-                Sense::new(key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_INFORMATION_UNIT),
-                transfer_len,
-            );
+        let data = match self.whole_blocks(data_out, bytes) {
+            Ok(data) => data,
+            Err(sense) => return ScsiResult::check(sense, transfer_len),
         };
-        let write_error = Sense::new(key::MEDIUM_ERROR, Asc::WRITE_ERROR).with_information(rw.lba);
-        if !data.is_empty() {
-            let offset = rw.lba * u64::from(self.cfg.block_size);
-            if let Err(e) = self.store.write_at(offset, data).await {
-                tracing::warn!(lu = %self.cfg.name, lba = rw.lba, error = %e, "write failed");
-                return ScsiResult::check(write_error, transfer_len);
-            }
+        let blocks = data.len() as u64 / u64::from(self.cfg.block_size);
+        let _range = self.locks.lock(rw.lba, blocks, true).await;
+        match self.write_medium(rw.lba, data, rw.fua).await {
+            Ok(()) => ScsiResult::ok(transfer_len),
+            Err(sense) => ScsiResult::check(sense, transfer_len),
         }
-        if rw.fua {
-            if let Err(e) = self.store.flush().await {
-                tracing::warn!(lu = %self.cfg.name, error = %e, "FUA flush failed");
-                return ScsiResult::check(write_error, transfer_len);
-            }
-        }
-        ScsiResult::good(Bytes::new(), transfer_len)
     }
 
     /// SYNCHRONIZE CACHE(10/16) (SBC-3 §5.22): flushes the whole store; IMMED is
@@ -419,12 +581,18 @@ impl LogicalUnit {
     }
 
     /// READ CAPACITY(16) (SBC-3 §5.16.2): no protection, one logical block per physical
-    /// block, LBPME = 0 (fully provisioned). Any allocation length is fine, even 0.
+    /// block; LBPME and LBPRZ = 1 on a thin volume (deallocated blocks read as zeros),
+    /// both 0 when fully provisioned. Any allocation length is fine, even 0.
     fn read_capacity16(&self, alloc_len: u32) -> ScsiResult {
         const READ_CAPACITY_16_LEN: usize = 32;
+        /// Byte 14: LBPME (bit 7) and LBPRZ (bit 6).
+        const LBPME_LBPRZ: u8 = 0xc0;
         let mut d = vec![0u8; READ_CAPACITY_16_LEN];
         d[0..8].copy_from_slice(&(self.num_blocks - 1).to_be_bytes());
         d[8..12].copy_from_slice(&self.cfg.block_size.to_be_bytes());
+        if self.opts.thin {
+            d[14] = LBPME_LBPRZ;
+        }
         ScsiResult::good_truncated(d, alloc_len as usize)
     }
 }

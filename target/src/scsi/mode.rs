@@ -1,52 +1,113 @@
-//! MODE SENSE(6) and MODE SENSE(10) (SPC-4 §6.15, §6.16): the mode parameter header,
-//! an optional block descriptor (SBC-3 §6.4.2), and the Caching, Control and
-//! Informational Exceptions pages. No MODE SELECT: nothing is changeable.
+//! MODE SENSE(6/10) and MODE SELECT(6/10) (SPC-4 §6.11, §6.12, §6.15, §6.16): the
+//! mode parameter header, an optional block descriptor (SBC-3 §6.4.2), and the
+//! Caching, Control and Informational Exceptions pages.
+//!
+//! Two parameters are changeable, both shared by every I_T nexus (TST = 0): WCE in
+//! the Caching page (with WCE = 0 every write is on stable storage before GOOD) and
+//! SWP in the Control page (software write protect). Nothing can be saved (SP = 1 and
+//! PC = saved values are refused).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
 use mosaic_proto::scsi::opcode::{mode_page, page_control};
 use mosaic_proto::scsi::sense::{key, FieldPointer};
-use mosaic_proto::scsi::{Asc, ModeSenseCdb, Sense};
+use mosaic_proto::scsi::{Asc, ModeSelectCdb, ModeSenseCdb, Sense};
 
-use super::LogicalUnit;
+use super::{LogicalUnit, ScsiResult};
 
-/// DEVICE-SPECIFIC PARAMETER (SBC-3 §6.4.1): WP = 0, DPOFUA = 1 (we accept DPO and FUA
-/// in READ/WRITE; libiscsi's dpofua tests require the two to agree).
+/// DEVICE-SPECIFIC PARAMETER (SBC-3 §6.4.1): DPOFUA = 1 (we accept DPO and FUA;
+/// libiscsi's dpofua tests require the two to agree).
 const DEVICE_SPECIFIC_DPOFUA: u8 = 0x10;
+/// DEVICE-SPECIFIC PARAMETER bit 7: WP, the medium is write-protected.
+const DEVICE_SPECIFIC_WP: u8 = 0x80;
 /// Byte 4 of the MODE SENSE(10) header: LONGLBA, the block descriptor is 16 bytes.
 const LONGLBA: u8 = 0x01;
+/// Caching page byte 2 bit 2: WCE (SBC-3 §6.4.5).
+const WCE: u8 = 0x04;
+/// Control page byte 4 bit 3: SWP (SPC-4 §7.5.7).
+const SWP: u8 = 0x08;
+/// Byte 0 of a mode page: PS (bit 7, reserved in MODE SELECT) and SPF (bit 6).
+const PS_BIT: u8 = 0x80;
+const SPF_BIT: u8 = 0x40;
 
-/// Caching page (SBC-3 §6.4.5): WCE = 1, since writes land in the host page cache
-/// and reach stable storage on SYNCHRONIZE CACHE or FUA.
-fn caching_page(pc: u8) -> Vec<u8> {
-    const WCE: u8 = 0x04;
+/// The mode parameters MODE SELECT may change.
+#[derive(Debug)]
+pub(super) struct ModeState {
+    /// Write cache enable; power-on default 1 (writes land in the host page cache).
+    wce: AtomicBool,
+    /// Software write protect; power-on default 0.
+    swp: AtomicBool,
+}
+
+impl Default for ModeState {
+    fn default() -> ModeState {
+        ModeState {
+            wce: AtomicBool::new(true),
+            swp: AtomicBool::new(false),
+        }
+    }
+}
+
+impl ModeState {
+    /// Whether the write cache is enabled.
+    pub(super) fn wce(&self) -> bool {
+        self.wce.load(Ordering::Acquire)
+    }
+
+    /// Whether software write protect is set.
+    pub(super) fn swp(&self) -> bool {
+        self.swp.load(Ordering::Acquire)
+    }
+}
+
+/// Current parameter values, as the page builders see them.
+#[derive(Clone, Copy, Debug)]
+struct Current {
+    wce: bool,
+    swp: bool,
+}
+
+/// Caching page (SBC-3 §6.4.5): WCE current value, changeable.
+fn caching_page(pc: u8, cur: Current) -> Vec<u8> {
     let mut p = vec![0u8; 20];
     p[0] = mode_page::CACHING;
     p[1] = 0x12;
-    if pc != page_control::CHANGEABLE {
-        p[2] = WCE;
-    }
+    p[2] = match pc {
+        page_control::CHANGEABLE => WCE,
+        page_control::DEFAULT => WCE,
+        _ if cur.wce => WCE,
+        _ => 0,
+    };
     p
 }
 
 /// Control page (SPC-4 §7.5.7): TST 0 (one task set), GLTSD 1 (no logs to save),
 /// QUEUE ALGORITHM MODIFIER 1 (unrestricted reordering: commands run concurrently),
-/// QERR 0, D_SENSE 0 (fixed-format sense), SWP 0, BUSY TIMEOUT PERIOD unlimited.
-fn control_page(pc: u8) -> Vec<u8> {
+/// QERR 0, D_SENSE 0 (fixed-format sense), SWP current value (changeable), BUSY
+/// TIMEOUT PERIOD unlimited.
+fn control_page(pc: u8, cur: Current) -> Vec<u8> {
     const GLTSD: u8 = 0x02;
     const QAM_UNRESTRICTED: u8 = 0x10;
     const BUSY_TIMEOUT_UNLIMITED: u16 = 0xffff;
     let mut p = vec![0u8; 12];
     p[0] = mode_page::CONTROL;
     p[1] = 0x0a;
-    if pc != page_control::CHANGEABLE {
+    if pc == page_control::CHANGEABLE {
+        p[4] = SWP;
+    } else {
         p[2] = GLTSD;
         p[3] = QAM_UNRESTRICTED;
+        if pc == page_control::CURRENT && cur.swp {
+            p[4] = SWP;
+        }
         p[8..10].copy_from_slice(&BUSY_TIMEOUT_UNLIMITED.to_be_bytes());
     }
     p
 }
 
 /// Informational Exceptions Control page (SPC-4 §7.5.8): MRIE 0, we report none.
-fn informational_exceptions_page(_pc: u8) -> Vec<u8> {
+fn informational_exceptions_page(_pc: u8, _cur: Current) -> Vec<u8> {
     let mut p = vec![0u8; 12];
     p[0] = mode_page::INFORMATIONAL_EXCEPTIONS;
     p[1] = 0x0a;
@@ -54,7 +115,7 @@ fn informational_exceptions_page(_pc: u8) -> Vec<u8> {
 }
 
 /// Builds one mode page for a page control value.
-type PageFn = fn(u8) -> Vec<u8>;
+type PageFn = fn(u8, Current) -> Vec<u8>;
 
 /// The mode pages we implement, ascending (SPC-4 §6.15: "all pages" returns them in
 /// ascending page code order).
@@ -69,6 +130,10 @@ const PAGES: [(u8, PageFn); 3] = [
 
 /// The full MODE SENSE parameter data (before allocation-length truncation).
 pub(super) fn mode_sense(lu: &LogicalUnit, ms: &ModeSenseCdb, ten: bool) -> Result<Vec<u8>, Sense> {
+    let cur = Current {
+        wce: lu.mode.wce(),
+        swp: lu.mode.swp(),
+    };
     if ms.pc == page_control::SAVED {
         return Err(
             Sense::new(key::ILLEGAL_REQUEST, Asc::SAVING_PARAMETERS_NOT_SUPPORTED)
@@ -86,7 +151,7 @@ pub(super) fn mode_sense(lu: &LogicalUnit, ms: &ModeSenseCdb, ten: bool) -> Resu
             return Err(Sense::invalid_field_in_cdb(3, None));
         }
         for (_, page) in PAGES {
-            pages.extend_from_slice(&page(ms.pc));
+            pages.extend_from_slice(&page(ms.pc, cur));
         }
     } else {
         let Some((_, page)) = PAGES.iter().find(|(code, _)| *code == ms.page) else {
@@ -95,7 +160,7 @@ pub(super) fn mode_sense(lu: &LogicalUnit, ms: &ModeSenseCdb, ten: bool) -> Resu
         if ms.subpage != 0 {
             return Err(Sense::invalid_field_in_cdb(3, None));
         }
-        pages = page(ms.pc);
+        pages = page(ms.pc, cur);
     }
 
     let blocks = lu.num_blocks();
@@ -117,12 +182,17 @@ pub(super) fn mode_sense(lu: &LogicalUnit, ms: &ModeSenseCdb, ten: bool) -> Resu
         b
     };
 
+    let device_specific = if lu.is_write_protected() {
+        DEVICE_SPECIFIC_DPOFUA | DEVICE_SPECIFIC_WP
+    } else {
+        DEVICE_SPECIFIC_DPOFUA
+    };
     let mut d = Vec::with_capacity(8 + descriptor.len() + pages.len());
     if ten {
         let total = 8 + descriptor.len() + pages.len();
         d.extend_from_slice(&((total - 2) as u16).to_be_bytes());
         d.push(0); // MEDIUM TYPE
-        d.push(DEVICE_SPECIFIC_DPOFUA);
+        d.push(device_specific);
         d.push(if descriptor.len() == 16 { LONGLBA } else { 0 });
         d.push(0);
         d.extend_from_slice(&(descriptor.len() as u16).to_be_bytes());
@@ -130,10 +200,166 @@ pub(super) fn mode_sense(lu: &LogicalUnit, ms: &ModeSenseCdb, ten: bool) -> Resu
         let total = 4 + descriptor.len() + pages.len();
         d.push((total - 1) as u8);
         d.push(0);
-        d.push(DEVICE_SPECIFIC_DPOFUA);
+        d.push(device_specific);
         d.push(descriptor.len() as u8);
     }
     d.extend_from_slice(&descriptor);
     d.extend_from_slice(&pages);
     Ok(d)
+}
+
+/// A field of the parameter list the device server refuses.
+fn bad_param(byte: usize, bit: Option<u8>) -> Sense {
+    Sense::invalid_field_in_param(byte as u16, bit)
+}
+
+fn param_list_length_error() -> Sense {
+    Sense::new(key::ILLEGAL_REQUEST, Asc::PARAMETER_LIST_LENGTH_ERROR)
+}
+
+/// MODE SELECT(6/10) (SPC-4 §6.11, §6.12, §5.x mode parameters). PF must be 1 and SP 0
+/// (we cannot save pages). The whole parameter list is checked before anything
+/// changes: a truncated header, block descriptor or page is PARAMETER LIST LENGTH
+/// ERROR; a block descriptor with another block length, an unknown page or subpage,
+/// a wrong PAGE LENGTH, PS set, or any bit that differs from the current value where
+/// it is not changeable is INVALID FIELD IN PARAMETER LIST pointing at it.
+pub(super) fn mode_select(
+    lu: &LogicalUnit,
+    ms: &ModeSelectCdb,
+    ten: bool,
+    data_out: &Bytes,
+) -> ScsiResult {
+    let transfer_len = u32::from(ms.param_len);
+    if !ms.pf && ms.param_len > 0 {
+        return ScsiResult::check(Sense::invalid_field_in_cdb(1, Some(4)), transfer_len);
+    }
+    if ms.sp {
+        return ScsiResult::check(Sense::invalid_field_in_cdb(1, Some(0)), transfer_len);
+    }
+    let list = &data_out[..data_out.len().min(usize::from(ms.param_len))];
+    match parse_mode_select(lu, list, ten) {
+        Ok(changes) => {
+            for change in changes {
+                match change {
+                    Change::Wce(v) => lu.mode.wce.store(v, Ordering::Release),
+                    Change::Swp(v) => lu.mode.swp.store(v, Ordering::Release),
+                }
+            }
+            ScsiResult::ok(transfer_len)
+        }
+        Err(sense) => ScsiResult::check(sense, transfer_len),
+    }
+}
+
+/// A parameter change a valid MODE SELECT applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Wce(bool),
+    Swp(bool),
+}
+
+fn parse_mode_select(lu: &LogicalUnit, list: &[u8], ten: bool) -> Result<Vec<Change>, Sense> {
+    if list.is_empty() {
+        return Ok(Vec::new());
+    }
+    let header_len = if ten { 8 } else { 4 };
+    if list.len() < header_len {
+        return Err(param_list_length_error());
+    }
+    // MODE DATA LENGTH is reserved in MODE SELECT; MEDIUM TYPE must be 0 (SBC-3
+    // §6.4.1); the WP and DPOFUA bits of DEVICE-SPECIFIC PARAMETER are ignored.
+    let medium_type_at = if ten { 2 } else { 1 };
+    if list[medium_type_at] != 0 {
+        return Err(bad_param(medium_type_at, None));
+    }
+    let (bd_len, long_lba) = if ten {
+        (
+            usize::from(u16::from_be_bytes([list[6], list[7]])),
+            list[4] & LONGLBA != 0,
+        )
+    } else {
+        (usize::from(list[3]), false)
+    };
+    let descriptor_len = if long_lba { 16 } else { 8 };
+    if bd_len % descriptor_len != 0 {
+        return Err(bad_param(if ten { 6 } else { 3 }, None));
+    }
+    if list.len() < header_len + bd_len {
+        return Err(param_list_length_error());
+    }
+    for i in 0..bd_len / descriptor_len {
+        let at = header_len + i * descriptor_len;
+        let d = &list[at..at + descriptor_len];
+        // The block length cannot change (SBC-3 §6.4.2); NUMBER OF LOGICAL BLOCKS 0 or
+        // our capacity keeps it.
+        let (blocks, block_len, len_at) = if long_lba {
+            (
+                u64::from_be_bytes(d[0..8].try_into().unwrap_or_default()),
+                u32::from_be_bytes(d[12..16].try_into().unwrap_or_default()),
+                at + 12,
+            )
+        } else {
+            (
+                u64::from(u32::from_be_bytes(d[0..4].try_into().unwrap_or_default())),
+                u32::from_be_bytes([0, d[5], d[6], d[7]]),
+                at + 5,
+            )
+        };
+        if block_len != lu.block_size() {
+            return Err(bad_param(len_at, None));
+        }
+        let capacity = if long_lba {
+            lu.num_blocks()
+        } else {
+            lu.num_blocks().min(u64::from(u32::MAX))
+        };
+        if blocks != 0 && blocks != capacity {
+            return Err(bad_param(at, None));
+        }
+    }
+    let cur = Current {
+        wce: lu.mode.wce(),
+        swp: lu.mode.swp(),
+    };
+    let mut changes = Vec::new();
+    let mut at = header_len + bd_len;
+    while at < list.len() {
+        if list.len() < at + 2 {
+            return Err(param_list_length_error());
+        }
+        if list[at] & PS_BIT != 0 {
+            return Err(bad_param(at, Some(7)));
+        }
+        if list[at] & SPF_BIT != 0 {
+            // We have no subpages.
+            return Err(bad_param(at, Some(6)));
+        }
+        let code = list[at] & 0x3f;
+        let Some((_, page)) = PAGES.iter().find(|(c, _)| *c == code) else {
+            return Err(bad_param(at, Some(5)));
+        };
+        let current = page(page_control::CURRENT, cur);
+        let changeable = page(page_control::CHANGEABLE, cur);
+        let page_len = usize::from(list[at + 1]);
+        if page_len + 2 != current.len() {
+            return Err(bad_param(at + 1, None));
+        }
+        if list.len() < at + 2 + page_len {
+            return Err(param_list_length_error());
+        }
+        let given = &list[at..at + 2 + page_len];
+        for i in 2..given.len() {
+            let differs = (given[i] ^ current[i]) & !changeable[i];
+            if differs != 0 {
+                return Err(bad_param(at + i, Some(7 - differs.leading_zeros() as u8)));
+            }
+        }
+        match code {
+            mode_page::CACHING => changes.push(Change::Wce(given[2] & WCE != 0)),
+            mode_page::CONTROL => changes.push(Change::Swp(given[4] & SWP != 0)),
+            _ => {}
+        }
+        at += 2 + page_len;
+    }
+    Ok(changes)
 }

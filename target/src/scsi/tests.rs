@@ -4,10 +4,10 @@ use super::*;
 use mosaic_proto::scsi::opcode::{mode_page, service_action_in_16, vpd};
 use mosaic_proto::scsi::sense::key;
 
-const BS: u32 = 512;
-const BLOCKS: u64 = 2048;
+pub(super) const BS: u32 = 512;
+pub(super) const BLOCKS: u64 = 2048;
 
-fn cfg(block_size: u32) -> LuConfig {
+pub(super) fn cfg(block_size: u32) -> LuConfig {
     LuConfig {
         name: "vol-a".into(),
         block_size,
@@ -22,16 +22,28 @@ fn cfg(block_size: u32) -> LuConfig {
     }
 }
 
-fn lu_with(blocks: u64, block_size: u32) -> LogicalUnit {
+pub(super) fn lu_with(blocks: u64, block_size: u32) -> LogicalUnit {
     let store = BackingStore::memory(blocks * u64::from(block_size));
     LogicalUnit::new(cfg(block_size), store).unwrap()
 }
 
-fn lu() -> LogicalUnit {
+pub(super) fn lu() -> LogicalUnit {
     lu_with(BLOCKS, BS)
 }
 
-async fn exec_lun(
+pub(super) fn lu_opts(opts: LuOptions) -> LogicalUnit {
+    let store = BackingStore::memory(BLOCKS * u64::from(BS));
+    LogicalUnit::with_options(cfg(BS), store, opts).unwrap()
+}
+
+pub(super) fn thick_lu() -> LogicalUnit {
+    lu_opts(LuOptions {
+        thin: false,
+        read_only: false,
+    })
+}
+
+pub(super) async fn exec_lun(
     lu: &LogicalUnit,
     lun: u64,
     cdb: &[u8],
@@ -47,26 +59,26 @@ async fn exec_lun(
     .await
 }
 
-async fn exec(lu: &LogicalUnit, cdb: &[u8]) -> ScsiResult {
+pub(super) async fn exec(lu: &LogicalUnit, cdb: &[u8]) -> ScsiResult {
     exec_lun(lu, 0, cdb, &[], 0).await
 }
 
-async fn exec_out(lu: &LogicalUnit, cdb: &[u8], data_out: &[u8]) -> ScsiResult {
+pub(super) async fn exec_out(lu: &LogicalUnit, cdb: &[u8], data_out: &[u8]) -> ScsiResult {
     exec_lun(lu, 0, cdb, data_out, data_out.len() as u32).await
 }
 
-fn assert_good(r: &ScsiResult) {
+pub(super) fn assert_good(r: &ScsiResult) {
     assert_eq!(r.status, status::GOOD, "sense: {:?}", r.sense_data());
     assert!(r.sense.is_empty());
 }
 
-fn assert_check(r: &ScsiResult, sense_key: u8, asc: Asc) {
+pub(super) fn assert_check(r: &ScsiResult, sense_key: u8, asc: Asc) {
     assert_eq!(r.status, status::CHECK_CONDITION);
     let s = r.sense_data().expect("fixed-format sense");
     assert_eq!((s.key, s.asc), (sense_key, asc));
 }
 
-fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+pub(super) fn read10(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = [0u8; 10];
     c[0] = 0x28;
     c[2..6].copy_from_slice(&lba.to_be_bytes());
@@ -74,7 +86,7 @@ fn read10(lba: u32, blocks: u16) -> [u8; 10] {
     c
 }
 
-fn write10(lba: u32, blocks: u16, fua: bool) -> [u8; 10] {
+pub(super) fn write10(lba: u32, blocks: u16, fua: bool) -> [u8; 10] {
     let mut c = read10(lba, blocks);
     c[0] = 0x2a;
     if fua {
@@ -83,7 +95,7 @@ fn write10(lba: u32, blocks: u16, fua: bool) -> [u8; 10] {
     c
 }
 
-fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
+pub(super) fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
     let mut c = [0u8; 16];
     c[0] = opcode;
     c[2..10].copy_from_slice(&lba.to_be_bytes());
@@ -91,7 +103,7 @@ fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
     c
 }
 
-fn rw12(opcode: u8, lba: u32, blocks: u32) -> [u8; 12] {
+pub(super) fn rw12(opcode: u8, lba: u32, blocks: u32) -> [u8; 12] {
     let mut c = [0u8; 12];
     c[0] = opcode;
     c[2..6].copy_from_slice(&lba.to_be_bytes());
@@ -99,12 +111,12 @@ fn rw12(opcode: u8, lba: u32, blocks: u32) -> [u8; 12] {
     c
 }
 
-fn inquiry(evpd: bool, page: u8, alloc: u16) -> [u8; 6] {
+pub(super) fn inquiry(evpd: bool, page: u8, alloc: u16) -> [u8; 6] {
     let a = alloc.to_be_bytes();
     [0x12, evpd as u8, page, a[0], a[1], 0]
 }
 
-fn mode_sense6(dbd: bool, pc: u8, page: u8, subpage: u8, alloc: u8) -> [u8; 6] {
+pub(super) fn mode_sense6(dbd: bool, pc: u8, page: u8, subpage: u8, alloc: u8) -> [u8; 6] {
     [
         0x1a,
         if dbd { 0x08 } else { 0 },
@@ -115,13 +127,13 @@ fn mode_sense6(dbd: bool, pc: u8, page: u8, subpage: u8, alloc: u8) -> [u8; 6] {
     ]
 }
 
-fn mode_sense10(llbaa: bool, dbd: bool, page: u8, alloc: u16) -> [u8; 10] {
+pub(super) fn mode_sense10(llbaa: bool, dbd: bool, page: u8, alloc: u16) -> [u8; 10] {
     let a = alloc.to_be_bytes();
     let flags = if llbaa { 0x10 } else { 0 } | if dbd { 0x08 } else { 0 };
     [0x5a, flags, page, 0, 0, 0, 0, a[0], a[1], 0]
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
@@ -469,6 +481,17 @@ async fn read_capacity16_reports_last_lba_and_no_protection() {
     assert_eq!(&r.data_in[8..12], &4096u32.to_be_bytes());
     assert_eq!(r.data_in[12], 0, "PROT_EN = 0");
     assert_eq!(r.data_in[13], 0, "one logical block per physical block");
+    assert_eq!(r.data_in[14] & 0xc0, 0xc0, "thin: LBPME = LBPRZ = 1");
+}
+
+#[tokio::test]
+async fn read_capacity16_of_a_thick_volume_has_lbpme_0() {
+    let mut c = [0u8; 16];
+    c[0] = 0x9e;
+    c[1] = service_action_in_16::READ_CAPACITY_16;
+    c[13] = 32;
+    let r = exec(&thick_lu(), &c).await;
+    assert_good(&r);
     assert_eq!(r.data_in[14] & 0xc0, 0, "LBPME = LBPRZ = 0");
 }
 
@@ -490,14 +513,16 @@ async fn read_capacity16_small_allocation_lengths_are_good() {
 async fn unsupported_service_action_is_invalid_field() {
     let mut c = [0u8; 16];
     c[0] = 0x9e;
-    c[1] = service_action_in_16::GET_LBA_STATUS;
+    // 0x13 (REPORT REFERRALS) is not ours.
+    c[1] = 0x13;
     let r = exec(&lu(), &c).await;
     assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+    assert_ne!(service_action_in_16::GET_LBA_STATUS, 0x13);
 }
 
 #[tokio::test]
 async fn unknown_opcode_is_invalid_command_operation_code() {
-    for opcode in [0x2f_u8, 0x42, 0xc0, 0xff] {
+    for opcode in [0x1d_u8, 0x5e, 0xc0, 0xff] {
         let mut c = [0u8; 16];
         c[0] = opcode;
         let r = exec_lun(&lu(), 0, &c, &[], 77).await;
@@ -757,20 +782,38 @@ async fn inquiry_vpd83_has_target_port_designators() {
 }
 
 #[tokio::test]
-async fn inquiry_block_limits_reports_max_transfer_and_no_unmap() {
+async fn inquiry_block_limits_reports_max_transfer_unmap_and_atomic_limits() {
     let lu = lu_with(BLOCKS, 4096);
     let r = exec(&lu, &inquiry(true, vpd::BLOCK_LIMITS, 64)).await;
     assert_good(&r);
     let d = &r.data_in;
     assert_eq!(d.len(), 64);
     assert_eq!(d[3], 0x3c);
-    let max = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+    assert_eq!(d[4] & 1, 1, "WSNZ");
+    assert_eq!(d[5], 255, "MAXIMUM COMPARE AND WRITE LENGTH");
+    let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
+    let max = be32(8);
     assert_eq!(u64::from(max) * 4096, MAX_TRANSFER_BYTES);
+    assert_eq!(be32(20), u32::MAX, "MAXIMUM UNMAP LBA COUNT: no limit");
+    assert_eq!(be32(24), 1024, "MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT");
+    assert_eq!(be32(28), 16, "OPTIMAL UNMAP GRANULARITY: a 64 KiB chunk");
+    assert_eq!(be32(32), 0x8000_0000, "UGAVALID, alignment 0");
+    let max_ws = u64::from_be_bytes(d[36..44].try_into().unwrap());
+    assert_eq!(max_ws, 256 * 1024 * 1024 / 4096);
+    assert_eq!(be32(44), max, "MAXIMUM ATOMIC TRANSFER LENGTH");
     assert_eq!(
-        &d[20..28],
-        &[0; 8],
-        "MAXIMUM UNMAP LBA / DESCRIPTOR COUNT 0"
+        &d[48..64],
+        &[0; 16],
+        "no atomic alignment/granularity/boundary"
     );
+}
+
+#[tokio::test]
+async fn inquiry_block_limits_of_a_thick_volume_has_no_unmap() {
+    let lu = thick_lu();
+    let r = exec(&lu, &inquiry(true, vpd::BLOCK_LIMITS, 64)).await;
+    assert_good(&r);
+    assert_eq!(&r.data_in[20..36], &[0; 16], "no UNMAP limits");
 }
 
 #[tokio::test]
@@ -844,18 +887,20 @@ async fn mode_sense10_llbaa_returns_long_block_descriptor() {
 }
 
 #[tokio::test]
-async fn mode_sense_changeable_values_are_all_zero() {
+async fn mode_sense_changeable_values_are_only_wce_and_swp() {
     let r = exec(&lu(), &mode_sense6(true, 1, 0x3f, 0, 255)).await;
     assert_good(&r);
     let d = &r.data_in;
     let mut i = 4;
     while i < d.len() {
         let len = usize::from(d[i + 1]);
-        assert!(
-            d[i + 2..i + 2 + len].iter().all(|&b| b == 0),
-            "page {:#x}",
-            d[i]
-        );
+        let mut expected = vec![0u8; len];
+        match d[i] {
+            0x08 => expected[0] = 0x04, // WCE
+            0x0a => expected[2] = 0x08, // SWP
+            _ => {}
+        }
+        assert_eq!(&d[i + 2..i + 2 + len], &expected[..], "page {:#x}", d[i]);
         i += 2 + len;
     }
 }

@@ -2,6 +2,7 @@
 //! `std::os::unix::fs::FileExt`) on tokio's blocking pool.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -49,12 +50,45 @@ impl FileStore {
         })
     }
 
+    /// Opens an existing file of exactly `size` bytes for reading only (a read-only
+    /// volume): every write through it fails at the operating system.
+    pub fn open_read_only(path: &Path, size: u64) -> Result<FileStore, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(open_err)?;
+        let existing = file.metadata().map_err(open_err)?.len();
+        if existing != size {
+            return Err(StoreError::SizeMismatch {
+                path: path.to_path_buf(),
+                existing,
+                requested: size,
+            });
+        }
+        Ok(FileStore {
+            file: Arc::new(file),
+            size,
+        })
+    }
+
     /// Wraps an already open file, e.g. one opened read-only to make writes fail.
     #[cfg(test)]
     pub(crate) fn from_file(file: File, size: u64) -> FileStore {
         FileStore {
             file: Arc::new(file),
             size,
+        }
+    }
+
+    /// The filesystem's preferred I/O size (st_blksize), the granularity of holes;
+    /// 4096 if it cannot be read.
+    pub fn block_size(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        const FALLBACK_BLOCK_SIZE: u64 = 4096;
+        match self.file.metadata() {
+            Ok(m) if m.blksize() > 0 => m.blksize(),
+            _ => FALLBACK_BLOCK_SIZE,
         }
     }
 
@@ -109,6 +143,91 @@ impl FileStore {
         .await?
     }
 
+    /// Punches a hole over `[offset, offset + len)` (fallocate PUNCH_HOLE|KEEP_SIZE):
+    /// whole filesystem blocks are freed, partial ones zeroed, so the range reads back
+    /// as zeros. A filesystem without hole punching gets zeros written instead.
+    pub(super) async fn deallocate(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        let file = Arc::clone(&self.file);
+        tokio::task::spawn_blocking(move || {
+            let io_err = |source| StoreError::Io {
+                op: "punch hole",
+                offset,
+                source,
+            };
+            match fallocate(&file, PUNCH_HOLE_MODE, offset, len) {
+                Ok(()) => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    write_zeros(&file, offset, len).map_err(io_err)
+                }
+                Err(e) => Err(io_err(e)),
+            }
+        })
+        .await?
+    }
+
+    /// Allocates every block of the file (fallocate mode 0), for fully provisioned
+    /// volumes. Filesystems that cannot preallocate are left sparse (returns false).
+    pub(super) fn preallocate(&self) -> Result<bool, StoreError> {
+        match fallocate(&self.file, 0, 0, self.size) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(false),
+            Err(source) => Err(StoreError::Io {
+                op: "preallocate",
+                offset: 0,
+                source,
+            }),
+        }
+    }
+
+    /// Whether the byte at `offset` is in allocated data (not a hole), and how many
+    /// bytes from `offset` (at most `len`) share that state: SEEK_DATA / SEEK_HOLE.
+    /// Bytes past the physical end of the file are a hole.
+    pub(super) async fn allocation(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<(bool, u64), StoreError> {
+        let file = Arc::clone(&self.file);
+        tokio::task::spawn_blocking(move || {
+            let io_err = |source| StoreError::Io {
+                op: "seek",
+                offset,
+                source,
+            };
+            let end = offset + len;
+            let next_data = match seek(&file, offset, libc::SEEK_DATA) {
+                Ok(pos) => pos,
+                // ENXIO: no data at or after `offset`.
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => u64::MAX,
+                Err(e) => return Err(io_err(e)),
+            };
+            if next_data > offset {
+                return Ok((false, next_data.min(end) - offset));
+            }
+            let next_hole = match seek(&file, offset, libc::SEEK_HOLE) {
+                Ok(pos) => pos,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => end,
+                Err(e) => return Err(io_err(e)),
+            };
+            // A hole always follows data (EOF counts), so the run is never empty.
+            Ok((true, next_hole.min(end).max(offset + 1) - offset))
+        })
+        .await?
+    }
+
+    /// Tells the kernel the range will be read soon (POSIX_FADV_WILLNEED): PRE-FETCH.
+    pub(super) async fn prefetch(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        let file = Arc::clone(&self.file);
+        tokio::task::spawn_blocking(move || {
+            fadvise_willneed(&file, offset, len).map_err(|source| StoreError::Io {
+                op: "prefetch",
+                offset,
+                source,
+            })
+        })
+        .await?
+    }
+
     /// fdatasync: makes completed writes durable.
     pub(super) async fn flush(&self) -> Result<(), StoreError> {
         let file = Arc::clone(&self.file);
@@ -121,6 +240,74 @@ impl FileStore {
         })
         .await?
     }
+}
+
+/// fallocate(2) mode for UNMAP: free the blocks, keep the file size.
+const PUNCH_HOLE_MODE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+/// Buffer size when a filesystem without hole punching gets zeros written instead.
+const ZERO_FILL_CHUNK: usize = 1 << 20;
+
+fn off_t(v: u64) -> std::io::Result<libc::off_t> {
+    libc::off_t::try_from(v).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))
+}
+
+/// fallocate(2) on `file`.
+#[allow(unsafe_code)]
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
+    let (offset, len) = (off_t(offset)?, off_t(len)?);
+    if len == 0 {
+        return Ok(());
+    }
+    loop {
+        // SAFETY: fallocate takes a file descriptor that `file` keeps open for the
+        // duration of the call and plain integers; it touches no memory of ours.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// lseek(2) with SEEK_DATA or SEEK_HOLE. The file position it moves is never used:
+/// every read and write is positional.
+#[allow(unsafe_code)]
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<u64> {
+    let offset = off_t(offset)?;
+    // SAFETY: lseek takes an open file descriptor (kept open by `file`) and integers.
+    let rc = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc as u64)
+}
+
+/// posix_fadvise(2) WILLNEED.
+#[allow(unsafe_code)]
+fn fadvise_willneed(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let (offset, len) = (off_t(offset)?, off_t(len)?);
+    // SAFETY: posix_fadvise takes an open file descriptor and integers.
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Writes zeros over `[offset, offset + len)`.
+fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; ZERO_FILL_CHUNK.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -209,6 +396,94 @@ mod tests {
         };
         let err = f.write_at(0, Bytes::from_static(b"x")).await.unwrap_err();
         assert!(matches!(err, StoreError::Io { op: "write", .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn punched_hole_reads_zero_and_frees_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vol");
+        let f = FileStore::open(&path, 1 << 20).unwrap();
+        f.write_at(0, Bytes::from(vec![7u8; 1 << 20]))
+            .await
+            .unwrap();
+        f.flush().await.unwrap();
+        let before = std::fs::metadata(&path).unwrap().blocks();
+        f.deallocate(4096, 512 * 1024).await.unwrap();
+        let data = f.read_at(0, 1 << 20).await.unwrap();
+        assert!(data[..4096].iter().all(|&b| b == 7));
+        assert!(data[4096..4096 + 512 * 1024].iter().all(|&b| b == 0));
+        assert!(data[4096 + 512 * 1024..].iter().all(|&b| b == 7));
+        let after = std::fs::metadata(&path).unwrap().blocks();
+        assert!(after < before, "blocks {before} -> {after}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            1 << 20,
+            "size kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn partial_block_hole_zeroes_only_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FileStore::open(&dir.path().join("vol"), 8192).unwrap();
+        f.write_at(0, Bytes::from(vec![5u8; 8192])).await.unwrap();
+        f.deallocate(512, 1024).await.unwrap();
+        let data = f.read_at(0, 8192).await.unwrap();
+        assert!(data[..512].iter().all(|&b| b == 5));
+        assert!(data[512..1536].iter().all(|&b| b == 0));
+        assert!(data[1536..].iter().all(|&b| b == 5));
+    }
+
+    #[tokio::test]
+    async fn allocation_follows_data_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FileStore::open(&dir.path().join("vol"), 1 << 20).unwrap();
+        let (mapped, run) = f.allocation(0, 1 << 20).await.unwrap();
+        assert_eq!((mapped, run), (false, 1 << 20), "a new file is one hole");
+        f.write_at(256 * 1024, Bytes::from(vec![1u8; 64 * 1024]))
+            .await
+            .unwrap();
+        let (mapped, run) = f.allocation(0, 1 << 20).await.unwrap();
+        assert!(!mapped);
+        assert!(run <= 256 * 1024, "hole ends at or before the data: {run}");
+        let (mapped, run) = f.allocation(256 * 1024, 1 << 19).await.unwrap();
+        assert!(mapped);
+        assert!(run >= 64 * 1024, "data run covers the write: {run}");
+        f.deallocate(256 * 1024, 64 * 1024).await.unwrap();
+        let (mapped, _) = f.allocation(256 * 1024, 4096).await.unwrap();
+        assert!(!mapped, "punched range is a hole again");
+    }
+
+    #[test]
+    fn preallocate_allocates_every_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vol");
+        let f = FileStore::open(&path, 1 << 20).unwrap();
+        if f.preallocate().unwrap() {
+            let meta = std::fs::metadata(&path).unwrap();
+            assert!(meta.blocks() * 512 >= 1 << 20, "{} blocks", meta.blocks());
+        }
+    }
+
+    #[tokio::test]
+    async fn read_only_open_refuses_writes_and_size_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vol");
+        std::fs::write(&path, vec![3u8; 4096]).unwrap();
+        let f = FileStore::open_read_only(&path, 4096).unwrap();
+        assert_eq!(f.read_at(0, 2).await.unwrap(), &[3u8, 3][..]);
+        assert!(f.write_at(0, Bytes::from_static(b"x")).await.is_err());
+        assert!(matches!(
+            FileStore::open_read_only(&path, 8192),
+            Err(StoreError::SizeMismatch { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn prefetch_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FileStore::open(&dir.path().join("vol"), 8192).unwrap();
+        f.prefetch(0, 8192).await.unwrap();
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use parking_lot::RwLock;
 
 /// Allocation unit of the memory store. 64 KiB keeps the chunk map small for large
 /// volumes while a 4 KiB write costs at most 64 KiB.
-const CHUNK_SIZE: usize = 64 * 1024;
+pub(super) const CHUNK_SIZE: usize = 64 * 1024;
 
 /// Sparse memory. Clones share the same data.
 #[derive(Debug, Clone)]
@@ -54,6 +54,43 @@ impl MemoryStore {
             }
         });
         out.freeze()
+    }
+
+    /// Deallocates `[offset, offset + len)`: whole chunks are dropped, the partial
+    /// chunks at either end are zeroed (so the range always reads back as zeros).
+    pub(super) fn deallocate(&self, offset: u64, len: u64) {
+        let mut chunks = self.chunks.write();
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / CHUNK_SIZE as u64;
+            let in_chunk = (pos % CHUNK_SIZE as u64) as usize;
+            let n = ((CHUNK_SIZE - in_chunk) as u64).min(end - pos) as usize;
+            if n == CHUNK_SIZE {
+                chunks.remove(&index);
+            } else if let Some(chunk) = chunks.get_mut(&index) {
+                chunk[in_chunk..in_chunk + n].fill(0);
+                if chunk.iter().all(|&b| b == 0) {
+                    chunks.remove(&index);
+                }
+            }
+            pos += n as u64;
+        }
+    }
+
+    /// Whether the byte at `offset` is backed by allocated memory, and how many bytes
+    /// from `offset` (at most `len`) share that state. Allocation has chunk
+    /// granularity.
+    pub(super) fn allocation(&self, offset: u64, len: u64) -> (bool, u64) {
+        let chunks = self.chunks.read();
+        let chunk = CHUNK_SIZE as u64;
+        let end = offset + len;
+        let mapped = chunks.contains_key(&(offset / chunk));
+        let mut pos = (offset / chunk + 1) * chunk;
+        while pos < end && chunks.contains_key(&(pos / chunk)) == mapped {
+            pos += chunk;
+        }
+        (mapped, pos.min(end) - offset)
     }
 
     /// Writes `data` at `offset`; the caller has checked the range.
@@ -108,6 +145,40 @@ mod tests {
         let data: Vec<u8> = (0..3 * CHUNK_SIZE + 17).map(|i| (i % 251) as u8).collect();
         m.write_at(1000, &data);
         assert_eq!(m.read_at(1000, data.len()), data);
+    }
+
+    #[test]
+    fn deallocate_drops_whole_chunks_and_zeroes_partial_ones() {
+        let c = CHUNK_SIZE as u64;
+        let m = MemoryStore::new(8 * c);
+        m.write_at(0, &vec![0xaa; 4 * CHUNK_SIZE]);
+        m.deallocate(c / 2, 2 * c);
+        assert_eq!(m.allocated_bytes(), 3 * c, "chunk 1 dropped, 0 and 2 kept");
+        let data = m.read_at(0, 4 * CHUNK_SIZE);
+        assert!(data[..CHUNK_SIZE / 2].iter().all(|&b| b == 0xaa));
+        assert!(data[CHUNK_SIZE / 2..5 * CHUNK_SIZE / 2]
+            .iter()
+            .all(|&b| b == 0));
+        assert!(data[5 * CHUNK_SIZE / 2..].iter().all(|&b| b == 0xaa));
+    }
+
+    #[test]
+    fn deallocating_all_data_of_a_chunk_frees_it() {
+        let m = MemoryStore::new(CHUNK_SIZE as u64);
+        m.write_at(100, &[1, 2, 3]);
+        m.deallocate(64, 512);
+        assert_eq!(m.allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn allocation_reports_runs_of_chunks() {
+        let c = CHUNK_SIZE as u64;
+        let m = MemoryStore::new(10 * c);
+        m.write_at(2 * c, &vec![1; 2 * CHUNK_SIZE]);
+        assert_eq!(m.allocation(0, 10 * c), (false, 2 * c));
+        assert_eq!(m.allocation(c + 5, 10), (false, 10));
+        assert_eq!(m.allocation(2 * c + 7, 8 * c - 7), (true, 2 * c - 7));
+        assert_eq!(m.allocation(4 * c, 6 * c), (false, 6 * c));
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub enum StoreError {
         existing: u64,
         requested: u64,
     },
+    /// A read-only backing file does not have the configured size (a read-only volume
+    /// is never created or resized).
+    #[error("backing file {path} is {existing} bytes, not the configured {requested}")]
+    SizeMismatch {
+        path: PathBuf,
+        existing: u64,
+        requested: u64,
+    },
     /// The request reaches past the end of the store.
     #[error("I/O at offset {offset} length {len} is beyond the store size {size}")]
     OutOfRange { offset: u64, len: u64, size: u64 },
@@ -71,6 +79,12 @@ impl BackingStore {
         FileStore::open(path, size_bytes).map(BackingStore::File)
     }
 
+    /// Opens an existing backing file of exactly `size_bytes` for reading only, for a
+    /// read-only volume.
+    pub fn open_file_read_only(path: &Path, size_bytes: u64) -> Result<BackingStore, StoreError> {
+        FileStore::open_read_only(path, size_bytes).map(BackingStore::File)
+    }
+
     /// A zero-filled in-memory store of `size_bytes`; memory is allocated only for
     /// chunks that are written.
     pub fn memory(size_bytes: u64) -> BackingStore {
@@ -88,6 +102,16 @@ impl BackingStore {
     /// True for a zero-byte store.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The unit in which space is allocated and freed, in bytes: a filesystem block
+    /// (its preferred I/O size) for a file, a chunk for memory. Reported as OPTIMAL
+    /// UNMAP GRANULARITY.
+    pub fn allocation_unit(&self) -> u64 {
+        match self {
+            BackingStore::File(f) => f.block_size(),
+            BackingStore::Memory(_) => memory::CHUNK_SIZE as u64,
+        }
     }
 
     /// Reads `len` bytes at `offset`. Parts that were never written read as zeros.
@@ -108,6 +132,57 @@ impl BackingStore {
                 m.write_at(offset, &data);
                 Ok(())
             }
+        }
+    }
+
+    /// Deallocates `[offset, offset + len)` (UNMAP, WRITE SAME with UNMAP): the range
+    /// reads back as zeros afterwards, and whole allocation units are freed (holes
+    /// punched in a file, chunks dropped in memory).
+    pub async fn deallocate(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        check_range(offset, len, self.len())?;
+        if len == 0 {
+            return Ok(());
+        }
+        match self {
+            BackingStore::File(f) => f.deallocate(offset, len).await,
+            BackingStore::Memory(m) => {
+                m.deallocate(offset, len);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the byte at `offset` is allocated, and the length of the run from
+    /// `offset` (at most `len`, at least 1 when `len` > 0) that shares its state
+    /// (GET LBA STATUS).
+    pub async fn allocation(&self, offset: u64, len: u64) -> Result<(bool, u64), StoreError> {
+        check_range(offset, len, self.len())?;
+        if len == 0 {
+            return Ok((true, 0));
+        }
+        match self {
+            BackingStore::File(f) => f.allocation(offset, len).await,
+            BackingStore::Memory(m) => Ok(m.allocation(offset, len)),
+        }
+    }
+
+    /// Hints that `[offset, offset + len)` will be read soon (PRE-FETCH).
+    pub async fn prefetch(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        check_range(offset, len, self.len())?;
+        match self {
+            BackingStore::File(f) => f.prefetch(offset, len).await,
+            // Memory is always "cached".
+            BackingStore::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Allocates the whole store up front, for a fully provisioned (thick) volume.
+    /// Returns whether anything was preallocated: a memory store allocates on write,
+    /// and a filesystem without fallocate stays sparse. Blocking; call at startup.
+    pub fn preallocate(&self) -> Result<bool, StoreError> {
+        match self {
+            BackingStore::File(f) => f.preallocate(),
+            BackingStore::Memory(_) => Ok(false),
         }
     }
 
@@ -148,6 +223,43 @@ mod tests {
             assert_eq!(s.read_at(0, 4095).await.unwrap(), vec![0u8; 4095]);
             s.flush().await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn both_stores_deallocate_to_zeros_and_report_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = [
+            BackingStore::memory(1 << 20),
+            BackingStore::open_file(&dir.path().join("vol"), 1 << 20).unwrap(),
+        ];
+        for s in stores {
+            s.write_at(0, Bytes::from(vec![9u8; 1 << 20]))
+                .await
+                .unwrap();
+            let (mapped, run) = s.allocation(0, 1 << 20).await.unwrap();
+            assert!(mapped);
+            assert_eq!(run, 1 << 20);
+            s.deallocate(0, 1 << 19).await.unwrap();
+            assert_eq!(s.read_at(0, 1 << 19).await.unwrap(), vec![0u8; 1 << 19]);
+            assert_eq!(s.read_at(1 << 19, 4).await.unwrap(), vec![9u8; 4]);
+            let (mapped, run) = s.allocation(0, 1 << 20).await.unwrap();
+            assert!(!mapped);
+            assert_eq!(run, 1 << 19);
+            s.prefetch(0, 4096).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn deallocate_past_the_end_is_out_of_range() {
+        let s = BackingStore::memory(4096);
+        assert!(matches!(
+            s.deallocate(4000, 100).await,
+            Err(StoreError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            s.allocation(4096, 1).await,
+            Err(StoreError::OutOfRange { .. })
+        ));
     }
 
     #[tokio::test]

@@ -1,0 +1,628 @@
+//! REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35) and REPORT SUPPORTED TASK
+//! MANAGEMENT FUNCTIONS (SPC-4 §6.36).
+//!
+//! [`COMMANDS`] is the one list of what [`LogicalUnit::execute`] implements, with each
+//! CDB's usage map (the bits the device server looks at; everything else must be
+//! zero or is ignored as reserved). Whoever adds a command to `execute` adds it here.
+//!
+//! [`LogicalUnit::execute`]: super::LogicalUnit::execute
+
+use mosaic_proto::scsi::opcode::{self as op, maintenance_in as mi, service_action_in_16 as sai};
+use mosaic_proto::scsi::{ReportOpcodesCdb, Sense};
+
+use super::{LogicalUnit, ScsiResult};
+
+/// One supported command.
+#[derive(Debug)]
+pub(super) struct Command {
+    /// Operation code.
+    pub(super) opcode: u8,
+    /// Service action, for opcodes that have them.
+    pub(super) service_action: Option<u16>,
+    /// CDB USAGE DATA: byte 0 is the opcode, the service action sits where the CDB
+    /// carries it, every other byte is a mask of the bits we use.
+    pub(super) usage: &'static [u8],
+    /// Only on thin volumes (UNMAP).
+    pub(super) thin_only: bool,
+}
+
+const fn cmd(opcode: u8, usage: &'static [u8]) -> Command {
+    Command {
+        opcode,
+        service_action: None,
+        usage,
+        thin_only: false,
+    }
+}
+
+const fn sa_cmd(opcode: u8, service_action: u8, usage: &'static [u8]) -> Command {
+    Command {
+        opcode,
+        service_action: Some(service_action as u16),
+        usage,
+        thin_only: false,
+    }
+}
+
+/// Every command we execute, in opcode order. Byte 1 masks: 0x18 is DPO+FUA, 0x16
+/// DPO+BYTCHK (VERIFY), 0x12 DPO+BYTCHK 01b (WRITE AND VERIFY), 0x02 IMMED. The
+/// CONTROL byte is 0: NACA is not supported.
+pub(super) const COMMANDS: &[Command] = &[
+    cmd(op::TEST_UNIT_READY, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0]),
+    cmd(op::REQUEST_SENSE, &[op::REQUEST_SENSE, 0x01, 0, 0, 0xff, 0]),
+    cmd(op::READ_6, &[op::READ_6, 0x1f, 0xff, 0xff, 0xff, 0]),
+    cmd(op::WRITE_6, &[op::WRITE_6, 0x1f, 0xff, 0xff, 0xff, 0]),
+    cmd(op::INQUIRY, &[op::INQUIRY, 0x01, 0xff, 0xff, 0xff, 0]),
+    cmd(op::MODE_SELECT_6, &[op::MODE_SELECT_6, 0x11, 0, 0, 0xff, 0]),
+    cmd(
+        op::MODE_SENSE_6,
+        &[op::MODE_SENSE_6, 0x08, 0xff, 0xff, 0xff, 0],
+    ),
+    cmd(
+        op::START_STOP_UNIT,
+        &[op::START_STOP_UNIT, 0x01, 0, 0x0f, 0xf7, 0],
+    ),
+    cmd(
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL,
+        &[op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0x03, 0],
+    ),
+    cmd(
+        op::READ_CAPACITY_10,
+        &[
+            op::READ_CAPACITY_10,
+            0,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+            0x01,
+            0,
+        ],
+    ),
+    cmd(
+        op::READ_10,
+        &[op::READ_10, 0x18, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
+    ),
+    cmd(
+        op::WRITE_10,
+        &[op::WRITE_10, 0x18, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
+    ),
+    cmd(
+        op::WRITE_AND_VERIFY_10,
+        &[
+            op::WRITE_AND_VERIFY_10,
+            0x12,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0xff,
+            0xff,
+            0,
+        ],
+    ),
+    cmd(
+        op::VERIFY_10,
+        &[
+            op::VERIFY_10,
+            0x16,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0xff,
+            0xff,
+            0,
+        ],
+    ),
+    cmd(
+        op::PRE_FETCH_10,
+        &[
+            op::PRE_FETCH_10,
+            0x02,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0xff,
+            0xff,
+            0,
+        ],
+    ),
+    cmd(
+        op::SYNCHRONIZE_CACHE_10,
+        &[
+            op::SYNCHRONIZE_CACHE_10,
+            0x02,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0xff,
+            0xff,
+            0,
+        ],
+    ),
+    cmd(
+        op::WRITE_SAME_10,
+        &[
+            op::WRITE_SAME_10,
+            0x08,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0xff,
+            0xff,
+            0,
+        ],
+    ),
+    Command {
+        opcode: op::UNMAP,
+        service_action: None,
+        usage: &[op::UNMAP, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+        thin_only: true,
+    },
+    cmd(
+        op::MODE_SELECT_10,
+        &[op::MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    ),
+    cmd(
+        op::MODE_SENSE_10,
+        &[op::MODE_SENSE_10, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0],
+    ),
+    cmd(op::READ_16, &RW16_USAGE[0]),
+    cmd(
+        op::COMPARE_AND_WRITE,
+        &[
+            op::COMPARE_AND_WRITE,
+            0x18,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+            0,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    cmd(op::WRITE_16, &RW16_USAGE[1]),
+    cmd(op::ORWRITE_16, &RW16_USAGE[2]),
+    cmd(
+        op::WRITE_AND_VERIFY_16,
+        &[
+            op::WRITE_AND_VERIFY_16,
+            0x12,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    cmd(
+        op::VERIFY_16,
+        &[
+            op::VERIFY_16,
+            0x16,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    cmd(
+        op::PRE_FETCH_16,
+        &[
+            op::PRE_FETCH_16,
+            0x02,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    cmd(
+        op::SYNCHRONIZE_CACHE_16,
+        &[
+            op::SYNCHRONIZE_CACHE_16,
+            0x02,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    cmd(
+        op::WRITE_SAME_16,
+        &[
+            op::WRITE_SAME_16,
+            0x09,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    cmd(
+        op::WRITE_ATOMIC_16,
+        &[
+            op::WRITE_ATOMIC_16,
+            0x18,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    sa_cmd(
+        op::SERVICE_ACTION_IN_16,
+        sai::READ_CAPACITY_16,
+        &[
+            op::SERVICE_ACTION_IN_16,
+            sai::READ_CAPACITY_16,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    sa_cmd(
+        op::SERVICE_ACTION_IN_16,
+        sai::GET_LBA_STATUS,
+        &[
+            op::SERVICE_ACTION_IN_16,
+            sai::GET_LBA_STATUS,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    cmd(
+        op::REPORT_LUNS,
+        &[
+            op::REPORT_LUNS,
+            0,
+            0xff,
+            0,
+            0,
+            0,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    sa_cmd(
+        op::MAINTENANCE_IN,
+        mi::REPORT_SUPPORTED_OPERATION_CODES,
+        &[
+            op::MAINTENANCE_IN,
+            mi::REPORT_SUPPORTED_OPERATION_CODES,
+            0x87,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    sa_cmd(
+        op::MAINTENANCE_IN,
+        mi::REPORT_SUPPORTED_TMFS,
+        &[
+            op::MAINTENANCE_IN,
+            mi::REPORT_SUPPORTED_TMFS,
+            0x80,
+            0,
+            0,
+            0,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    cmd(op::READ_12, &RW12_USAGE[0]),
+    cmd(op::WRITE_12, &RW12_USAGE[1]),
+    cmd(
+        op::WRITE_AND_VERIFY_12,
+        &[
+            op::WRITE_AND_VERIFY_12,
+            0x12,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+    cmd(
+        op::VERIFY_12,
+        &[
+            op::VERIFY_12,
+            0x16,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
+];
+
+/// READ(16), WRITE(16), ORWRITE(16): DPO, FUA, LBA, TRANSFER LENGTH.
+const RW16_USAGE: [[u8; 16]; 3] = {
+    let mut u = [[0u8; 16]; 3];
+    let ops = [op::READ_16, op::WRITE_16, op::ORWRITE_16];
+    let mut i = 0;
+    while i < 3 {
+        u[i][0] = ops[i];
+        u[i][1] = 0x18;
+        let mut b = 2;
+        while b < 14 {
+            u[i][b] = 0xff;
+            b += 1;
+        }
+        i += 1;
+    }
+    u
+};
+
+/// READ(12), WRITE(12): DPO, FUA, LBA, TRANSFER LENGTH.
+const RW12_USAGE: [[u8; 12]; 2] = {
+    let mut u = [[0u8; 12]; 2];
+    let ops = [op::READ_12, op::WRITE_12];
+    let mut i = 0;
+    while i < 2 {
+        u[i][0] = ops[i];
+        u[i][1] = 0x18;
+        let mut b = 2;
+        while b < 10 {
+            u[i][b] = 0xff;
+            b += 1;
+        }
+        i += 1;
+    }
+    u
+};
+
+/// REPORTING OPTIONS (SPC-4 §6.35.1, Table 214).
+const OPTIONS_ALL: u8 = 0b000;
+const OPTIONS_OPCODE: u8 = 0b001;
+const OPTIONS_OPCODE_AND_SA: u8 = 0b010;
+/// SUPPORT values of the one-command format (SPC-4 Table 217).
+const SUPPORT_NOT_SUPPORTED: u8 = 0b001;
+const SUPPORT_STANDARD: u8 = 0b011;
+/// Command timeouts descriptor (SPC-4 §6.35.4): DESCRIPTOR LENGTH 0Ah.
+const TIMEOUTS_DESCRIPTOR_LEN: u16 = 0x0a;
+/// RECOMMENDED COMMAND TIMEOUT we report, in seconds: a command that has not
+/// completed by then is stuck (the longest, a 32 MiB write with FUA, takes well under
+/// a second). NOMINAL COMMAND PROCESSING TIMEOUT is reported as 0 (not specified).
+const RECOMMENDED_TIMEOUT_SECS: u32 = 30;
+/// CTDP (bit 1) and SERVACTV (bit 0) of an all-commands descriptor, CTDP (bit 7) of
+/// the one-command format.
+const CTDP_ALL: u8 = 0x02;
+const SERVACTV: u8 = 0x01;
+const CTDP_ONE: u8 = 0x80;
+
+/// Whether `opcode` has service actions (any entry with one).
+fn has_service_actions(opcode: u8) -> bool {
+    COMMANDS
+        .iter()
+        .any(|c| c.opcode == opcode && c.service_action.is_some())
+}
+
+fn timeouts_descriptor(out: &mut Vec<u8>) {
+    out.extend_from_slice(&TIMEOUTS_DESCRIPTOR_LEN.to_be_bytes());
+    out.extend_from_slice(&[0, 0]); // reserved, COMMAND SPECIFIC
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&RECOMMENDED_TIMEOUT_SECS.to_be_bytes());
+}
+
+/// REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35): all commands (REPORTING OPTIONS
+/// 000b), one opcode (001b; INVALID FIELD IN CDB if it has service actions), or one
+/// opcode and service action (010b; INVALID FIELD IN CDB if it has none). A command
+/// we do not implement is reported as "not supported" with GOOD. With RCTD every
+/// descriptor carries a command timeouts descriptor.
+pub(super) fn report_supported_opcodes(lu: &LogicalUnit, r: &ReportOpcodesCdb) -> ScsiResult {
+    let commands = || {
+        COMMANDS
+            .iter()
+            .filter(move |c| !c.thin_only || lu.options().thin)
+    };
+    let data = match r.options {
+        OPTIONS_ALL => {
+            let mut descriptors = Vec::new();
+            for c in commands() {
+                descriptors.push(c.opcode);
+                descriptors.push(0);
+                descriptors.extend_from_slice(&c.service_action.unwrap_or(0).to_be_bytes());
+                descriptors.push(0);
+                let mut flags = 0;
+                if c.service_action.is_some() {
+                    flags |= SERVACTV;
+                }
+                if r.rctd {
+                    flags |= CTDP_ALL;
+                }
+                descriptors.push(flags);
+                descriptors.extend_from_slice(&(c.usage.len() as u16).to_be_bytes());
+                if r.rctd {
+                    timeouts_descriptor(&mut descriptors);
+                }
+            }
+            let mut d = Vec::with_capacity(4 + descriptors.len());
+            d.extend_from_slice(&(descriptors.len() as u32).to_be_bytes());
+            d.extend_from_slice(&descriptors);
+            d
+        }
+        OPTIONS_OPCODE | OPTIONS_OPCODE_AND_SA => {
+            let with_sa = r.options == OPTIONS_OPCODE_AND_SA;
+            let known = COMMANDS.iter().any(|c| c.opcode == r.opcode);
+            if known && has_service_actions(r.opcode) != with_sa {
+                return ScsiResult::check(Sense::invalid_field_in_cdb(2, Some(2)), 0);
+            }
+            let found = commands().find(|c| {
+                c.opcode == r.opcode && (!with_sa || c.service_action == Some(r.service_action))
+            });
+            let mut d = vec![0u8; 4];
+            match found {
+                Some(c) => {
+                    d[1] = SUPPORT_STANDARD | if r.rctd { CTDP_ONE } else { 0 };
+                    d[2..4].copy_from_slice(&(c.usage.len() as u16).to_be_bytes());
+                    d.extend_from_slice(c.usage);
+                    if r.rctd {
+                        timeouts_descriptor(&mut d);
+                    }
+                }
+                None => d[1] = SUPPORT_NOT_SUPPORTED,
+            }
+            d
+        }
+        _ => return ScsiResult::check(Sense::invalid_field_in_cdb(2, Some(2)), 0),
+    };
+    ScsiResult::good_truncated(data, r.alloc_len as usize)
+}
+
+/// The task management functions the iSCSI layer (`conn.rs`) carries out, as the
+/// first byte of the REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS data (SPC-4 §6.36.2,
+/// Table 222): ATS (ABORT TASK), ATSS (ABORT TASK SET), CTSS (CLEAR TASK SET), LURS
+/// (LOGICAL UNIT RESET), TRS (TARGET RESET, warm and cold). Not: CLEAR ACA, QUERY
+/// TASK, QUERY TASK SET, I_T NEXUS RESET, QUERY ASYNCHRONOUS EVENT. Keep in step with
+/// the session's TMF handling.
+pub const SUPPORTED_TMFS: u8 = ATS | ATSS | CTSS | LURS | TRS;
+const ATS: u8 = 0x80;
+const ATSS: u8 = 0x40;
+const CTSS: u8 = 0x10;
+const LURS: u8 = 0x08;
+const TRS: u8 = 0x02;
+/// SPC-4 §6.36: an ALLOCATION LENGTH below 4 is INVALID FIELD IN CDB.
+const MIN_TMF_ALLOC_LEN: u32 = 4;
+/// With REPD = 1 the data is 16 bytes (ADDITIONAL DATA LENGTH 0Ch).
+const TMF_EXTENDED_LEN: usize = 16;
+
+/// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 §6.36).
+pub(super) fn report_supported_tmfs(repd: bool, alloc_len: u32) -> ScsiResult {
+    if alloc_len < MIN_TMF_ALLOC_LEN {
+        return ScsiResult::check(Sense::invalid_field_in_cdb(6, None), 0);
+    }
+    let mut d = vec![SUPPORTED_TMFS, 0, 0, 0];
+    if repd {
+        d[3] = (TMF_EXTENDED_LEN - 4) as u8;
+        d.resize(TMF_EXTENDED_LEN, 0);
+    }
+    ScsiResult::good_truncated(d, alloc_len as usize)
+}
