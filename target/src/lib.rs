@@ -5,6 +5,9 @@
 //! - [`conn`]: one connection: the reader state machine and the writer task.
 //! - [`device`]: the nexus-aware layer over a logical unit (unit attentions,
 //!   reservations, resets).
+//! - [`pr`]: persistent reservations (pure logic: registrations, PRIN/PROUT data,
+//!   TransportIDs, conflict rules).
+//! - [`ua`]: unit attention queues per I_T nexus.
 //! - [`login`]: the target side of login (pure logic over the proto negotiator).
 //! - [`session`]: the CmdSN window, TSIH assignment and session reinstatement.
 //! - [`scsi`]: the SCSI block device (logical unit) that executes CDBs.
@@ -14,7 +17,9 @@ pub mod config;
 pub mod conn;
 pub mod device;
 pub mod login;
+pub mod pr;
 pub mod scsi;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod ua;
