@@ -215,7 +215,11 @@ impl LogicalUnit {
         if let Err(sense) = self.check_range(rw.lba, rw.blocks) {
             return ScsiResult::check(sense, transfer_len);
         }
-        if rw.blocks > MAX_COMPARE_AND_WRITE_BLOCKS {
+        // A Data-Out buffer larger than any COMPARE AND WRITE we support means the
+        // initiator wanted more blocks than the one-byte field holds (libiscsi sends
+        // 256 blocks as NUMBER OF LOGICAL BLOCKS 0): refuse it like too many blocks.
+        let max_data = 2 * MAX_COMPARE_AND_WRITE_BLOCKS as usize * self.cfg.block_size as usize;
+        if rw.blocks > MAX_COMPARE_AND_WRITE_BLOCKS || data_out.len() > max_data {
             return ScsiResult::check(Sense::invalid_field_in_cdb(13, None), transfer_len);
         }
         if let Err(sense) = self.check_writable() {
@@ -490,6 +494,11 @@ mod tests {
         c[13] = 255;
         assert_good(&exec_out(&big, &c, &vec![0; 2 * 255 * 512]).await);
         assert_good(&exec(&lu, &caw(0, 0)).await);
+        // Zero blocks with a block of data (libiscsi's DPO/FUA probe) is a no-op...
+        assert_good(&exec_out(&lu, &caw(0, 0), &[0; 512]).await);
+        // ...but data for 256 blocks (which wraps the one-byte field to 0) is refused.
+        let r = exec_out(&big, &caw(0, 0), &vec![0; 2 * 256 * 512]).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
     }
 
     #[tokio::test]

@@ -191,22 +191,19 @@ fn device_identification(cfg: &LuConfig) -> Vec<u8> {
     d
 }
 
-/// Block Limits (SBC-3 §6.5.3, SBC-4 §6.6.4): WSNZ (WRITE SAME of 0 blocks is
-/// refused), COMPARE AND WRITE length, our transfer limit, UNMAP limits and
+/// Block Limits (SBC-3 §6.5.3, SBC-4 §6.6.4): WSNZ = 0 (WRITE SAME of 0 blocks
+/// reaches the last block), COMPARE AND WRITE length, our transfer limit, UNMAP limits and
 /// granularity on a thin volume, WRITE SAME limit, and atomic writes up to the
 /// transfer limit (every write is atomic, see `lock`) with no alignment, granularity
 /// or boundary rules.
 fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     /// OPTIMAL TRANSFER LENGTH GRANULARITY: 4 KiB, the page size of the host cache.
     const OPTIMAL_GRANULARITY_BYTES: u32 = 4096;
-    /// Byte 4 bit 0: WSNZ.
-    const WSNZ: u8 = 0x01;
     /// UGAVALID: UNMAP GRANULARITY ALIGNMENT is valid (alignment 0).
     const UGAVALID: u32 = 0x8000_0000;
     let block_size = lu.cfg.block_size;
     let mut b = vec![0u8; SBC3_VPD_PAGE_LEN];
     // Offsets below are page offsets minus the 4-byte header.
-    b[0] = WSNZ;
     b[1] = MAX_COMPARE_AND_WRITE_BLOCKS as u8;
     let granularity = (OPTIMAL_GRANULARITY_BYTES / block_size).max(1) as u16;
     b[2..4].copy_from_slice(&granularity.to_be_bytes());

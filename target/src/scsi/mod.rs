@@ -581,7 +581,9 @@ impl LogicalUnit {
     }
 
     /// READ CAPACITY(16) (SBC-3 §5.16.2): no protection, one logical block per physical
-    /// block; LBPME and LBPRZ = 1 on a thin volume (deallocated blocks read as zeros),
+    /// block (LBPPBE 0: libiscsi's GetLBAStatus.UnmapSingle cannot pass with more, as
+    /// it expects the first descriptor of a query at LBA i + 1 to start at i + LBPPB);
+    /// LBPME and LBPRZ = 1 on a thin volume (deallocated blocks read as zeros),
     /// both 0 when fully provisioned. Any allocation length is fine, even 0.
     fn read_capacity16(&self, alloc_len: u32) -> ScsiResult {
         const READ_CAPACITY_16_LEN: usize = 32;

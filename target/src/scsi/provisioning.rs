@@ -132,9 +132,10 @@ impl LogicalUnit {
 
     /// WRITE SAME(10/16) (SBC-3 §5.42, §5.43): writes one block (zeros with NDOB) to
     /// every block of the range, or with UNMAP deallocates the range on a thin volume
-    /// (which then reads as zeros, LBPRZ = 1). ANCHOR is not supported; a NUMBER OF
-    /// LOGICAL BLOCKS of 0 is refused (WSNZ = 1), as is one above MAXIMUM WRITE SAME
-    /// LENGTH; without NDOB the Data-Out buffer must be exactly one block.
+    /// (which then reads as zeros, LBPRZ = 1). ANCHOR is not supported. A NUMBER OF
+    /// LOGICAL BLOCKS of 0 means "to the last block" (WSNZ = 0); more blocks than
+    /// MAXIMUM WRITE SAME LENGTH are refused. Without NDOB the Data-Out buffer must be
+    /// exactly one block.
     pub(super) async fn write_same(
         &self,
         ws: WriteSameCdb,
@@ -154,7 +155,12 @@ impl LogicalUnit {
         if let Err(sense) = self.check_range(ws.lba, ws.blocks) {
             return ScsiResult::check(sense, transfer_len);
         }
-        if ws.blocks == 0 || u64::from(ws.blocks) > self.max_write_same_blocks() {
+        // NUMBER OF LOGICAL BLOCKS 0: to the last block (WSNZ = 0).
+        let blocks = match ws.blocks {
+            0 => self.num_blocks - ws.lba,
+            n => u64::from(n),
+        };
+        if blocks > self.max_write_same_blocks() {
             return ScsiResult::check(Sense::invalid_field_in_cdb(len_field, None), transfer_len);
         }
         if let Err(sense) = self.check_writable() {
@@ -167,7 +173,9 @@ impl LogicalUnit {
         } else {
             return ScsiResult::check(Sense::invalid_field_in_cdb(len_field, None), transfer_len);
         };
-        let blocks = u64::from(ws.blocks);
+        if blocks == 0 {
+            return ScsiResult::ok(transfer_len);
+        }
         let _range = self.locks.lock(ws.lba, blocks, true).await;
         let result = if ws.unmap {
             self.deallocate(ws.lba, blocks).await
@@ -264,5 +272,280 @@ impl LogicalUnit {
             d.extend_from_slice(&[status, 0, 0, 0]);
         }
         ScsiResult::good_truncated(d, alloc_len as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::{BackingStore, LogicalUnit, LuOptions};
+    use mosaic_proto::scsi::sense::key;
+    use mosaic_proto::scsi::Asc;
+
+    fn unmap_cdb(param_len: u16) -> [u8; 10] {
+        let l = param_len.to_be_bytes();
+        [0x42, 0, 0, 0, 0, 0, 0, l[0], l[1], 0]
+    }
+
+    fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((6 + 16 * ranges.len()) as u16).to_be_bytes());
+        v.extend_from_slice(&((16 * ranges.len()) as u16).to_be_bytes());
+        v.extend_from_slice(&[0; 4]);
+        for &(lba, n) in ranges {
+            v.extend_from_slice(&lba.to_be_bytes());
+            v.extend_from_slice(&n.to_be_bytes());
+            v.extend_from_slice(&[0; 4]);
+        }
+        v
+    }
+
+    fn ws10(lba: u32, blocks: u16, flags: u8) -> [u8; 10] {
+        let mut c = read10(lba, blocks);
+        c[0] = 0x41;
+        c[1] = flags;
+        c
+    }
+
+    fn get_lba_status(lba: u64, alloc: u32) -> [u8; 16] {
+        let mut c = rw16(0x9e, lba, alloc);
+        c[1] = 0x12;
+        c
+    }
+
+    /// (lba, blocks, status) of each GET LBA STATUS descriptor.
+    fn descriptors(d: &[u8]) -> Vec<(u64, u32, u8)> {
+        d[8..]
+            .chunks_exact(16)
+            .map(|x| {
+                (
+                    u64::from_be_bytes(x[0..8].try_into().unwrap()),
+                    u32::from_be_bytes(x[8..12].try_into().unwrap()),
+                    x[12] & 0x0f,
+                )
+            })
+            .collect()
+    }
+
+    async fn fill(lu: &LogicalUnit, lba: u32, blocks: u16, byte: u8) {
+        let data = vec![byte; blocks as usize * BS as usize];
+        assert_good(&exec_out(lu, &write10(lba, blocks, false), &data).await);
+    }
+
+    #[tokio::test]
+    async fn unmap_deallocates_and_reads_back_zeros() {
+        let lu = lu();
+        fill(&lu, 0, 256, 0xaa).await;
+        let list = unmap_list(&[(8, 16), (100, 1)]);
+        let r = exec_out(&lu, &unmap_cdb(list.len() as u16), &list).await;
+        assert_good(&r);
+        let d = exec(&lu, &read10(0, 256)).await.data_in;
+        for (i, block) in d.chunks(BS as usize).enumerate() {
+            let zero = (8..24).contains(&i) || i == 100;
+            let want = if zero { 0 } else { 0xaa };
+            assert!(block.iter().all(|&b| b == want), "block {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unmap_of_whole_chunks_frees_memory() {
+        let store = BackingStore::memory(BLOCKS * u64::from(BS));
+        let lu = LogicalUnit::new(cfg(BS), store.clone()).unwrap();
+        fill(&lu, 0, 1024, 1).await;
+        let BackingStore::Memory(m) = &store else {
+            unreachable!()
+        };
+        assert_eq!(m.allocated_bytes(), 1024 * 512);
+        let list = unmap_list(&[(0, 1024)]);
+        assert_good(&exec_out(&lu, &unmap_cdb(list.len() as u16), &list).await);
+        assert_eq!(m.allocated_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn unmap_parameter_list_errors() {
+        let lu = lu();
+        // No parameter list at all: nothing to do.
+        assert_good(&exec(&lu, &unmap_cdb(0)).await);
+        // Shorter than the header.
+        let r = exec_out(&lu, &unmap_cdb(4), &[0, 2, 0, 0]).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::PARAMETER_LIST_LENGTH_ERROR);
+        // A range past the end: nothing is unmapped.
+        fill(&lu, 0, 1, 0x11).await;
+        let list = unmap_list(&[(0, 1), (BLOCKS - 1, 2)]);
+        let r = exec_out(&lu, &unmap_cdb(list.len() as u16), &list).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::LBA_OUT_OF_RANGE);
+        assert_eq!(exec(&lu, &read10(0, 1)).await.data_in[0], 0x11);
+        // Too many descriptors.
+        let many: Vec<(u64, u32)> = (0..1025).map(|i| (i, 0)).collect();
+        let list = unmap_list(&many);
+        let r = exec_out(&lu, &unmap_cdb(list.len() as u16), &list).await;
+        assert_check(
+            &r,
+            key::ILLEGAL_REQUEST,
+            Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+        );
+        // ANCHOR without ANC_SUP.
+        let mut c = unmap_cdb(24);
+        c[1] = 1;
+        let r = exec_out(&lu, &c, &unmap_list(&[(0, 1)])).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+    }
+
+    #[tokio::test]
+    async fn unmap_ignores_a_truncated_last_descriptor_and_zero_length_ranges() {
+        let lu = lu();
+        fill(&lu, 0, 4, 0x22).await;
+        let mut list = unmap_list(&[(1, 1), (2, 1)]);
+        list.truncate(8 + 16 + 10);
+        let r = exec_out(&lu, &unmap_cdb(list.len() as u16), &list).await;
+        assert_good(&r);
+        let d = exec(&lu, &read10(0, 4)).await.data_in;
+        assert_eq!((d[0], d[512], d[1024]), (0x22, 0, 0x22));
+        let list = unmap_list(&[(BLOCKS, 0), (3, 0)]);
+        assert_good(&exec_out(&lu, &unmap_cdb(list.len() as u16), &list).await);
+    }
+
+    #[tokio::test]
+    async fn unmap_on_thick_volume_is_not_supported() {
+        let lu = thick_lu();
+        let list = unmap_list(&[(0, 1)]);
+        let r = exec_out(&lu, &unmap_cdb(list.len() as u16), &list).await;
+        assert_check(
+            &r,
+            key::ILLEGAL_REQUEST,
+            Asc::INVALID_COMMAND_OPERATION_CODE,
+        );
+    }
+
+    #[tokio::test]
+    async fn write_same_writes_the_block_everywhere() {
+        let lu = lu();
+        let block = pattern(BS as usize, 7);
+        let r = exec_out(&lu, &ws10(10, 300, 0), &block).await;
+        assert_good(&r);
+        assert_eq!(r.transfer_len, BS);
+        let d = exec(&lu, &read10(9, 302)).await.data_in;
+        assert!(d[..512].iter().all(|&b| b == 0));
+        for b in d[512..301 * 512].chunks(512) {
+            assert_eq!(b, &block[..]);
+        }
+        assert!(d[301 * 512..].iter().all(|&b| b == 0));
+    }
+
+    #[tokio::test]
+    async fn write_same_with_unmap_deallocates_whatever_the_data() {
+        let lu = lu();
+        fill(&lu, 0, 64, 0xff).await;
+        assert_good(&exec_out(&lu, &ws10(0, 64, 0x08), &[0xff; 512]).await);
+        assert!(exec(&lu, &read10(0, 64))
+            .await
+            .data_in
+            .iter()
+            .all(|&b| b == 0));
+    }
+
+    #[tokio::test]
+    async fn write_same_zero_blocks_reaches_the_last_block() {
+        let lu = lu();
+        assert_good(&exec_out(&lu, &ws10(BLOCKS as u32 - 3, 0, 0), &[5; 512]).await);
+        let d = exec(&lu, &read10(BLOCKS as u32 - 4, 4)).await.data_in;
+        assert!(d[..512].iter().all(|&b| b == 0));
+        assert!(d[512..].iter().all(|&b| b == 5));
+    }
+
+    #[tokio::test]
+    async fn write_same_16_ndob_writes_zeros_without_data() {
+        let lu = lu();
+        fill(&lu, 0, 4, 0x33).await;
+        let mut c = rw16(0x93, 1, 2);
+        c[1] = 0x01;
+        let r = exec(&lu, &c).await;
+        assert_good(&r);
+        assert_eq!(r.transfer_len, 0);
+        let d = exec(&lu, &read10(0, 4)).await.data_in;
+        assert_eq!((d[0], d[512], d[1024], d[1536]), (0x33, 0, 0, 0x33));
+    }
+
+    #[tokio::test]
+    async fn write_same_refusals() {
+        let lu = lu();
+        let one = [0u8; 512];
+        let cases: [(&[u8], [u8; 10], Asc); 5] = [
+            // ANCHOR alone, and ANCHOR with UNMAP (no ANC_SUP).
+            (&one, ws10(0, 1, 0x10), Asc::INVALID_FIELD_IN_CDB),
+            (&one, ws10(0, 1, 0x18), Asc::INVALID_FIELD_IN_CDB),
+            // Data-Out not exactly one block.
+            (&one[..256], ws10(0, 1, 0), Asc::INVALID_FIELD_IN_CDB),
+            (&[0u8; 1024], ws10(0, 1, 0), Asc::INVALID_FIELD_IN_CDB),
+            (&one, ws10(BLOCKS as u32, 1, 0), Asc::LBA_OUT_OF_RANGE),
+        ];
+        for (data, cdb, asc) in cases {
+            let r = exec_out(&lu, &cdb, data).await;
+            assert_check(&r, key::ILLEGAL_REQUEST, asc);
+        }
+        let r = exec_out(&thick_lu(), &ws10(0, 1, 0x08), &one).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+        let big = lu_with(1 << 20, BS);
+        let mut c = rw16(0x93, 0, (1 << 19) + 1);
+        c[1] = 0x01;
+        let r = exec(&big, &c).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+    }
+
+    #[tokio::test]
+    async fn get_lba_status_reports_mapped_and_deallocated_runs() {
+        let lu = lu();
+        // Chunks are 64 KiB = 128 blocks: map chunk 1 only.
+        fill(&lu, 128, 128, 1).await;
+        let r = exec(&lu, &get_lba_status(0, 1024)).await;
+        assert_good(&r);
+        let d = descriptors(&r.data_in);
+        assert_eq!(
+            d,
+            vec![(0, 128, 1), (128, 128, 0), (256, BLOCKS as u32 - 256, 1)]
+        );
+        let len = u32::from_be_bytes(r.data_in[0..4].try_into().unwrap());
+        assert_eq!(len as usize, 4 + 16 * 3);
+        // Starting inside the mapped run.
+        let r = exec(&lu, &get_lba_status(200, 24)).await;
+        assert_eq!(r.data_in.len(), 24);
+        assert_eq!(descriptors(&r.data_in), vec![(200, 56, 0)]);
+    }
+
+    #[tokio::test]
+    async fn get_lba_status_beyond_the_end_is_lba_out_of_range() {
+        let lu = lu();
+        for lba in [BLOCKS, BLOCKS + 1, 1 << 63, u64::MAX] {
+            let r = exec(&lu, &get_lba_status(lba, 24)).await;
+            assert_check(&r, key::ILLEGAL_REQUEST, Asc::LBA_OUT_OF_RANGE);
+        }
+        assert_good(&exec(&lu, &get_lba_status(BLOCKS - 1, 24)).await);
+    }
+
+    #[tokio::test]
+    async fn get_lba_status_on_thick_volume_is_all_mapped() {
+        let r = exec(&thick_lu(), &get_lba_status(5, 64)).await;
+        assert_good(&r);
+        assert_eq!(descriptors(&r.data_in), vec![(5, BLOCKS as u32 - 5, 0)]);
+    }
+
+    #[tokio::test]
+    async fn file_backed_unmap_punches_holes_seen_by_get_lba_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BackingStore::open_file(&dir.path().join("vol"), 1 << 20).unwrap();
+        let lu = LogicalUnit::with_options(cfg(BS), store, LuOptions::default()).unwrap();
+        fill(&lu, 0, 2048, 0x44).await;
+        let r = exec(&lu, &get_lba_status(0, 24)).await;
+        assert_eq!(descriptors(&r.data_in), vec![(0, 2048, 0)]);
+        // 256 KiB aligned: whole filesystem blocks become a hole.
+        let list = unmap_list(&[(512, 512)]);
+        assert_good(&exec_out(&lu, &unmap_cdb(list.len() as u16), &list).await);
+        let r = exec(&lu, &get_lba_status(0, 1024)).await;
+        assert_eq!(
+            descriptors(&r.data_in),
+            vec![(0, 512, 0), (512, 512, 1), (1024, 1024, 0)]
+        );
+        let d = exec(&lu, &read10(511, 2)).await.data_in;
+        assert_eq!((d[0], d[512]), (0x44, 0));
     }
 }

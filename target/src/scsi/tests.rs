@@ -789,7 +789,7 @@ async fn inquiry_block_limits_reports_max_transfer_unmap_and_atomic_limits() {
     let d = &r.data_in;
     assert_eq!(d.len(), 64);
     assert_eq!(d[3], 0x3c);
-    assert_eq!(d[4] & 1, 1, "WSNZ");
+    assert_eq!(d[4] & 1, 0, "WSNZ = 0");
     assert_eq!(d[5], 255, "MAXIMUM COMPARE AND WRITE LENGTH");
     let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
     let max = be32(8);
