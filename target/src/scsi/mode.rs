@@ -363,3 +363,205 @@ fn parse_mode_select(lu: &LogicalUnit, list: &[u8], ten: bool) -> Result<Vec<Cha
     }
     Ok(changes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::{BackingStore, LogicalUnit, LuOptions};
+    use mosaic_proto::scsi::sense::key;
+    use mosaic_proto::scsi::Asc;
+
+    fn mode_select6(param_len: u8) -> [u8; 6] {
+        [0x15, 0x10, 0, 0, param_len, 0]
+    }
+
+    /// The current page `code` as MODE SENSE(6) returns it with DBD = 1.
+    async fn current_page(lu: &LogicalUnit, code: u8) -> Vec<u8> {
+        let r = exec(lu, &mode_sense6(true, 0, code, 0, 255)).await;
+        assert_good(&r);
+        r.data_in[4..].to_vec()
+    }
+
+    /// A MODE SELECT(6) parameter list: empty header, no block descriptor, `page`.
+    fn list6(page: &[u8]) -> Vec<u8> {
+        let mut v = vec![0, 0, 0, 0];
+        v.extend_from_slice(page);
+        v
+    }
+
+    async fn select(lu: &LogicalUnit, list: &[u8]) -> super::super::ScsiResult {
+        exec_out(lu, &mode_select6(list.len() as u8), list).await
+    }
+
+    fn memory_lu() -> (LogicalUnit, BackingStore) {
+        let store = BackingStore::memory(BLOCKS * u64::from(BS));
+        (LogicalUnit::new(cfg(BS), store.clone()).unwrap(), store)
+    }
+
+    fn flushes(store: &BackingStore) -> u64 {
+        match store {
+            BackingStore::Memory(m) => m.flushes(),
+            BackingStore::File(_) => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn clearing_wce_makes_every_write_flush_before_good() {
+        let (lu, store) = memory_lu();
+        assert_good(&exec_out(&lu, &write10(0, 1, false), &[1; 512]).await);
+        assert_eq!(flushes(&store), 0, "WCE = 1: writes stay in the cache");
+
+        let mut page = current_page(&lu, 0x08).await;
+        assert_eq!(page[2] & 0x04, 0x04, "WCE = 1 by default");
+        page[2] &= !0x04;
+        assert_good(&select(&lu, &list6(&page)).await);
+        assert_eq!(current_page(&lu, 0x08).await[2] & 0x04, 0, "WCE now 0");
+
+        assert_good(&exec_out(&lu, &write10(0, 1, false), &[2; 512]).await);
+        assert_eq!(flushes(&store), 1, "WCE = 0: the write was flushed");
+        let ws = [0x41, 0, 0, 0, 0, 0, 0, 0, 4, 0];
+        assert_good(&exec_out(&lu, &ws, &[3; 512]).await);
+        assert_eq!(flushes(&store), 2, "WRITE SAME flushes too");
+
+        page[2] |= 0x04;
+        assert_good(&select(&lu, &list6(&page)).await);
+        assert_good(&exec_out(&lu, &write10(0, 1, false), &[4; 512]).await);
+        assert_eq!(flushes(&store), 2);
+        assert_good(&exec_out(&lu, &write10(0, 1, true), &[5; 512]).await);
+        assert_eq!(flushes(&store), 3, "FUA flushes whatever WCE");
+    }
+
+    #[tokio::test]
+    async fn setting_swp_write_protects_the_unit_until_cleared() {
+        let lu = lu();
+        let mut page = current_page(&lu, 0x0a).await;
+        page[4] |= 0x08;
+        assert_good(&select(&lu, &list6(&page)).await);
+        let r = exec(&lu, &mode_sense6(true, 0, 0x0a, 0, 255)).await;
+        assert_eq!(r.data_in[2] & 0x80, 0x80, "WP in the header");
+        assert_eq!(r.data_in[4 + 4] & 0x08, 0x08, "SWP in the page");
+        let r = exec_out(&lu, &write10(0, 1, false), &[1; 512]).await;
+        assert_check(&r, key::DATA_PROTECT, Asc::WRITE_PROTECTED);
+        assert_good(&exec(&lu, &read10(0, 1)).await);
+        page[4] &= !0x08;
+        assert_good(&select(&lu, &list6(&page)).await);
+        assert_good(&exec_out(&lu, &write10(0, 1, false), &[1; 512]).await);
+    }
+
+    #[tokio::test]
+    async fn read_only_volume_reports_wp_and_refuses_every_write() {
+        let lu = lu_opts(LuOptions {
+            thin: true,
+            read_only: true,
+        });
+        let r = exec(&lu, &mode_sense10(false, true, 0x3f, 255)).await;
+        assert_eq!(r.data_in[3] & 0x80, 0x80, "WP");
+        let one = vec![0u8; 512];
+        let two = vec![0u8; 1024];
+        let mut caw = rw16(0x89, 0, 0);
+        caw[13] = 1;
+        let mut wa = rw16(0x9c, 0, 0);
+        wa[13] = 1;
+        let unmap_list = [
+            0, 22, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0,
+        ];
+        let cases: Vec<(Vec<u8>, &[u8])> = vec![
+            (vec![0x0a, 0, 0, 0, 1, 0], &one),
+            (write10(0, 1, false).to_vec(), &one),
+            (rw12(0xaa, 0, 1).to_vec(), &one),
+            (rw16(0x8a, 0, 1).to_vec(), &one),
+            (rw16(0x8e, 0, 1).to_vec(), &one),
+            (rw16(0x8b, 0, 1).to_vec(), &one),
+            (caw.to_vec(), &two),
+            (wa.to_vec(), &one),
+            (vec![0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0], &one),
+            (vec![0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0], &[]),
+            (rw16(0x93, 0, 1).to_vec(), &one),
+            (vec![0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &unmap_list),
+        ];
+        for (cdb, data) in cases {
+            let r = exec_out(&lu, &cdb, data).await;
+            assert_check(&r, key::DATA_PROTECT, Asc::WRITE_PROTECTED);
+        }
+        assert_good(&exec(&lu, &read10(0, 1)).await);
+        assert_good(&exec(&lu, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]).await);
+    }
+
+    #[tokio::test]
+    async fn mode_select_refuses_changes_to_fields_that_are_not_changeable() {
+        let lu = lu();
+        let mut page = current_page(&lu, 0x0a).await;
+        page[4] |= 0x04; // D_SENSE
+        let r = select(&lu, &list6(&page)).await;
+        assert_check(
+            &r,
+            key::ILLEGAL_REQUEST,
+            Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+        );
+        let s = r.sense_data().unwrap().field_pointer.unwrap();
+        assert_eq!((s.in_cdb, s.byte, s.bit), (false, 4 + 4, Some(2)));
+        assert!(!lu.mode.swp(), "nothing applied");
+    }
+
+    #[tokio::test]
+    async fn mode_select_parameter_list_validation() {
+        let lu = lu();
+        let caching = current_page(&lu, 0x08).await;
+        // Truncated header, truncated page.
+        let r = select(&lu, &[0, 0]).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::PARAMETER_LIST_LENGTH_ERROR);
+        let r = select(&lu, &list6(&caching)[..10]).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::PARAMETER_LIST_LENGTH_ERROR);
+        // Unknown page, wrong page length, PS set, SPF set.
+        let bad = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut p = caching.clone();
+            f(&mut p);
+            list6(&p)
+        };
+        for list in [
+            bad(&|p| p[0] = 0x19),
+            bad(&|p| p[1] = 0x10),
+            bad(&|p| p[0] |= 0x80),
+            bad(&|p| p[0] |= 0x40),
+        ] {
+            let r = select(&lu, &list).await;
+            assert_check(
+                &r,
+                key::ILLEGAL_REQUEST,
+                Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+            );
+        }
+        // A block descriptor with our block length is fine; another one is not.
+        let mut with_bd = vec![0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x02, 0x00];
+        with_bd.extend_from_slice(&caching);
+        assert_good(&select(&lu, &with_bd).await);
+        with_bd[10] = 0x10;
+        let r = select(&lu, &with_bd).await;
+        assert_check(
+            &r,
+            key::ILLEGAL_REQUEST,
+            Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+        );
+        // SP = 1 (cannot save) and PF = 0.
+        let list = list6(&caching);
+        let r = exec_out(&lu, &[0x15, 0x11, 0, 0, list.len() as u8, 0], &list).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+        let r = exec_out(&lu, &[0x15, 0x00, 0, 0, list.len() as u8, 0], &list).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+        // An empty parameter list changes nothing.
+        assert_good(&exec(&lu, &mode_select6(0)).await);
+    }
+
+    #[tokio::test]
+    async fn mode_select10_changes_wce() {
+        let lu = lu();
+        let mut page = current_page(&lu, 0x08).await;
+        page[2] &= !0x04;
+        let mut list = vec![0u8; 8];
+        list.extend_from_slice(&page);
+        let l = (list.len() as u16).to_be_bytes();
+        let cdb = [0x55, 0x10, 0, 0, 0, 0, 0, l[0], l[1], 0];
+        assert_good(&exec_out(&lu, &cdb, &list).await);
+        assert!(!lu.mode.wce());
+    }
+}

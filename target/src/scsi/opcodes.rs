@@ -626,3 +626,180 @@ pub(super) fn report_supported_tmfs(repd: bool, alloc_len: u32) -> ScsiResult {
     }
     ScsiResult::good_truncated(d, alloc_len as usize)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::*;
+    use mosaic_proto::scsi::sense::key;
+    use mosaic_proto::scsi::{status, Asc};
+
+    fn rsoc(rctd: bool, options: u8, opcode: u8, sa: u16, alloc: u32) -> [u8; 12] {
+        let mut c = [0u8; 12];
+        c[0] = op::MAINTENANCE_IN;
+        c[1] = mi::REPORT_SUPPORTED_OPERATION_CODES;
+        c[2] = options | if rctd { 0x80 } else { 0 };
+        c[3] = opcode;
+        c[4..6].copy_from_slice(&sa.to_be_bytes());
+        c[6..10].copy_from_slice(&alloc.to_be_bytes());
+        c
+    }
+
+    /// (opcode, service action, flags, cdb length) of each all-commands descriptor.
+    fn all_descriptors(d: &[u8]) -> Vec<(u8, u16, u8, u16)> {
+        let len = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize;
+        let mut out = Vec::new();
+        let mut at = 4;
+        while at < 4 + len {
+            let x = &d[at..];
+            out.push((
+                x[0],
+                u16::from_be_bytes([x[2], x[3]]),
+                x[5],
+                u16::from_be_bytes([x[6], x[7]]),
+            ));
+            at += if x[5] & CTDP_ALL != 0 { 20 } else { 8 };
+        }
+        out
+    }
+
+    #[test]
+    fn usage_maps_start_with_opcode_and_service_action_and_match_cdb_length() {
+        for c in COMMANDS {
+            assert_eq!(c.usage[0], c.opcode);
+            if let Some(sa) = c.service_action {
+                assert_eq!(u16::from(c.usage[1]), sa, "opcode {:#x}", c.opcode);
+            }
+            let len = match c.opcode >> 5 {
+                0 => 6,
+                1 | 2 => 10,
+                4 => 16,
+                5 => 12,
+                _ => unreachable!(),
+            };
+            assert_eq!(c.usage.len(), len, "opcode {:#x}", c.opcode);
+        }
+    }
+
+    #[test]
+    fn every_listed_command_decodes() {
+        for c in COMMANDS {
+            let mut cdb = [0u8; 16];
+            cdb[0] = c.opcode;
+            if let Some(sa) = c.service_action {
+                cdb[1] = sa as u8;
+            }
+            let decoded = mosaic_proto::scsi::Cdb::decode(&cdb);
+            assert!(
+                !matches!(
+                    decoded,
+                    Ok(mosaic_proto::scsi::Cdb::Unknown(_))
+                        | Ok(mosaic_proto::scsi::Cdb::UnsupportedServiceAction { .. })
+                ),
+                "opcode {:#x} is listed but not decoded",
+                c.opcode
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn all_commands_lists_each_with_servactv_only_for_service_actions() {
+        let r = exec(&lu(), &rsoc(false, 0, 0, 0, 65535)).await;
+        assert_good(&r);
+        let d = all_descriptors(&r.data_in);
+        assert_eq!(d.len(), COMMANDS.len());
+        for (opcode, sa, flags, _) in &d {
+            assert_eq!(flags & CTDP_ALL, 0);
+            if flags & SERVACTV == 0 {
+                assert_eq!(*sa, 0, "opcode {opcode:#x}");
+            }
+        }
+        assert!(d.contains(&(op::SERVICE_ACTION_IN_16, 0x12, SERVACTV, 16)));
+        assert!(d.iter().any(|x| x.0 == op::UNMAP));
+    }
+
+    #[tokio::test]
+    async fn all_commands_with_rctd_carries_timeouts_descriptors() {
+        let r = exec(&lu(), &rsoc(true, 0, 0, 0, 65535)).await;
+        assert_good(&r);
+        let d = all_descriptors(&r.data_in);
+        assert_eq!(d.len(), COMMANDS.len());
+        assert!(d.iter().all(|x| x.2 & CTDP_ALL != 0));
+        // First timeouts descriptor: length 0Ah, recommended timeout.
+        let t = &r.data_in[4 + 8..4 + 20];
+        assert_eq!(u16::from_be_bytes([t[0], t[1]]), 0x0a);
+        assert_eq!(
+            u32::from_be_bytes(t[8..12].try_into().unwrap()),
+            RECOMMENDED_TIMEOUT_SECS
+        );
+    }
+
+    #[tokio::test]
+    async fn thick_volume_does_not_list_unmap() {
+        let r = exec(&thick_lu(), &rsoc(false, 0, 0, 0, 65535)).await;
+        let d = all_descriptors(&r.data_in);
+        assert!(!d.iter().any(|x| x.0 == op::UNMAP));
+        let r = exec(&thick_lu(), &rsoc(false, 1, op::UNMAP, 0, 64)).await;
+        assert_good(&r);
+        assert_eq!(r.data_in[1] & 0x07, SUPPORT_NOT_SUPPORTED);
+    }
+
+    #[tokio::test]
+    async fn one_command_reports_usage_data_with_dpo_fua() {
+        let lu = lu();
+        let r = exec(&lu, &rsoc(false, 1, op::VERIFY_10, 0, 64)).await;
+        assert_good(&r);
+        let d = &r.data_in;
+        assert_eq!(d[1] & 0x07, SUPPORT_STANDARD);
+        assert_eq!(u16::from_be_bytes([d[2], d[3]]), 10);
+        assert_eq!(d[4], op::VERIFY_10);
+        assert_eq!(d[5] & 0x10, 0x10, "DPO");
+        let r = exec(&lu, &rsoc(true, 1, op::COMPARE_AND_WRITE, 0, 64)).await;
+        assert_eq!(r.data_in[1] & 0x80, 0x80, "CTDP");
+        assert_eq!(r.data_in[5] & 0x18, 0x18, "DPO and FUA");
+        assert_eq!(r.data_in.len(), 4 + 16 + 12);
+    }
+
+    #[tokio::test]
+    async fn one_command_checks_service_action_use() {
+        let lu = lu();
+        // Opcode with service actions asked without one, and the reverse.
+        let r = exec(&lu, &rsoc(false, 1, op::SERVICE_ACTION_IN_16, 0x10, 64)).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+        let r = exec(&lu, &rsoc(false, 2, op::READ_10, 0, 64)).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+        let r = exec(&lu, &rsoc(false, 2, op::SERVICE_ACTION_IN_16, 0x10, 64)).await;
+        assert_good(&r);
+        assert_eq!(r.data_in[1] & 0x07, SUPPORT_STANDARD);
+        assert_eq!(&r.data_in[4..6], &[op::SERVICE_ACTION_IN_16, 0x10]);
+        // Unknown service action and unknown opcode: not supported, GOOD.
+        let r = exec(&lu, &rsoc(false, 2, op::SERVICE_ACTION_IN_16, 0x1f, 64)).await;
+        assert_eq!(r.data_in[1] & 0x07, SUPPORT_NOT_SUPPORTED);
+        let r = exec(&lu, &rsoc(false, 1, 0xc0, 0, 64)).await;
+        assert_eq!(r.status, status::GOOD);
+        assert_eq!(r.data_in[1] & 0x07, SUPPORT_NOT_SUPPORTED);
+        // Reserved reporting options.
+        let r = exec(&lu, &rsoc(false, 5, 0, 0, 64)).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+    }
+
+    #[tokio::test]
+    async fn report_supported_tmfs_lists_what_the_session_carries_out() {
+        let mut c = [0u8; 12];
+        c[0] = op::MAINTENANCE_IN;
+        c[1] = mi::REPORT_SUPPORTED_TMFS;
+        c[9] = 4;
+        let lu = lu();
+        let r = exec(&lu, &c).await;
+        assert_good(&r);
+        assert_eq!(&r.data_in[..], &[0xda, 0, 0, 0]);
+        c[2] = 0x80;
+        c[9] = 16;
+        let r = exec(&lu, &c).await;
+        assert_eq!(r.data_in.len(), 16);
+        assert_eq!(r.data_in[3], 0x0c);
+        c[9] = 3;
+        let r = exec(&lu, &c).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+    }
+}

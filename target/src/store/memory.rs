@@ -2,6 +2,7 @@
 //! volume costs only what has been written.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -18,6 +19,9 @@ pub struct MemoryStore {
     /// Chunk index -> chunk bytes; a missing chunk reads as zeros. One lock makes each
     /// write atomic with respect to reads.
     chunks: Arc<RwLock<HashMap<u64, Box<[u8]>>>>,
+    /// Flush requests seen: memory is never more durable, but callers (and tests)
+    /// can see that a flush was asked for (FUA, WCE = 0, SYNCHRONIZE CACHE).
+    flushes: Arc<AtomicU64>,
 }
 
 impl MemoryStore {
@@ -26,6 +30,7 @@ impl MemoryStore {
         MemoryStore {
             size,
             chunks: Arc::new(RwLock::new(HashMap::new())),
+            flushes: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -37,6 +42,16 @@ impl MemoryStore {
     /// True for a zero-byte store.
     pub fn is_empty(&self) -> bool {
         self.size == 0
+    }
+
+    /// Number of flushes requested so far.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Records a flush request (there is nothing to write back).
+    pub(super) fn flush(&self) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Bytes of chunk memory allocated so far.

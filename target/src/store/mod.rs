@@ -190,7 +190,10 @@ impl BackingStore {
     pub async fn flush(&self) -> Result<(), StoreError> {
         match self {
             BackingStore::File(f) => f.flush().await,
-            BackingStore::Memory(_) => Ok(()),
+            BackingStore::Memory(m) => {
+                m.flush();
+                Ok(())
+            }
         }
     }
 }
