@@ -24,10 +24,12 @@
 //!   registrations survive every reset (SPC-4 §5.13.1), the cold one included, since
 //!   dropping a cluster's fence on a TMF would be worse than keeping it.
 //! - Nexus loss (logout, dropped connection, reinstatement) releases the nexus's
-//!   SPC-2 reservation and forgets its unit attentions unless it is a registrant:
-//!   a registrant reconnecting with the same ISID still learns that it was
-//!   preempted. No I_T NEXUS LOSS OCCURRED is raised (its only audience would be
-//!   that same nexus, which already knows).
+//!   SPC-2 reservation and forgets its unit attentions, unless it is a registrant
+//!   or one of them is about reservations (2A/03-05): an initiator reconnecting
+//!   with the same ISID still learns that it was preempted or cleared. At most
+//!   [`MAX_IDLE_UA_NEXUSES`] lost nexuses keep conditions; the oldest go first. No
+//!   I_T NEXUS LOSS OCCURRED is raised (its only audience would be that same
+//!   nexus, which already knows).
 //! - APTPL: with an APTPL file ([`Device::with_aptpl_file`]) registrations and the
 //!   reservation are written (temp file, fsync, rename, fsync of the directory)
 //!   before PERSISTENT RESERVE OUT returns GOOD while APTPL is active, and loaded at
@@ -36,7 +38,7 @@
 //! - PREEMPT AND ABORT preempts like PREEMPT; aborting the preempted nexuses' tasks
 //!   needs the connection's task table, which the device cannot reach: it is logged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,6 +96,13 @@ pub enum ResetKind {
     TargetCold,
 }
 
+/// The most lost I_T nexuses whose unit attentions we keep for their return (see
+/// the module docs). Initiators that reconnect reuse their ISID (open-iscsi keeps
+/// one per interface); libiscsi picks a new one per session, so without a bound
+/// every test run would leave queues behind. A few hundred covers a cluster's paths
+/// many times over.
+pub const MAX_IDLE_UA_NEXUSES: usize = 256;
+
 /// A logical unit shared by every session, with its nexus-dependent state.
 #[derive(Debug)]
 pub struct Device {
@@ -127,6 +136,8 @@ struct State {
     spc2: Option<Arc<str>>,
     /// The nexuses that sent a command and were not lost since, by initiator port.
     nexuses: HashMap<Arc<str>, Nexus>,
+    /// Lost nexuses whose unit attentions are kept, oldest first.
+    idle: VecDeque<Arc<str>>,
 }
 
 /// Operation codes handled here rather than by the logical unit (SPC-2 §7.17, §7.21).
@@ -367,8 +378,27 @@ impl Device {
         if st.spc2.as_deref() == Some(&*nexus.initiator_port) {
             st.spc2 = None;
         }
-        if !st.pr.is_registered(nexus) {
-            st.ua.drop_nexus(&nexus.initiator_port);
+        let port = &nexus.initiator_port;
+        let about_reservations = st.ua.pending(port).iter().any(|a| {
+            [
+                ua::asc::RESERVATIONS_PREEMPTED,
+                ua::asc::RESERVATIONS_RELEASED,
+                ua::asc::REGISTRATIONS_PREEMPTED,
+            ]
+            .contains(a)
+        });
+        if !about_reservations && !st.pr.is_registered(nexus) {
+            st.ua.drop_nexus(port);
+            return;
+        }
+        st.idle.retain(|p| p != port);
+        st.idle.push_back(port.clone());
+        while st.idle.len() > MAX_IDLE_UA_NEXUSES {
+            if let Some(old) = st.idle.pop_front() {
+                if !st.nexuses.contains_key(&old) {
+                    st.ua.drop_nexus(&old);
+                }
+            }
         }
     }
 
@@ -561,4 +591,300 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::LuConfig;
+    use crate::store::BackingStore;
+    use mosaic_proto::scsi::sense::key;
+
+    const BS: u32 = 512;
+
+    fn lu() -> LogicalUnit {
+        let cfg = LuConfig {
+            name: "vol".into(),
+            block_size: BS,
+            serial: "S1".into(),
+            naa_id: LuConfig::naa_id_for("vol"),
+            vendor: "MOSAIC".into(),
+            product: "Mosaic volume".into(),
+            revision: "0001".into(),
+            target_name: "iqn.t:vol".into(),
+            relative_port: 1,
+            tpg: 1,
+        };
+        LogicalUnit::new(cfg, BackingStore::memory(1024 * u64::from(BS))).unwrap()
+    }
+
+    fn nexus(name: &str, isid: u64) -> Nexus {
+        Nexus::new(name, isid, "iqn.t:vol", 1, 1)
+    }
+
+    async fn exec(d: &Device, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> ScsiResult {
+        let mut c = cdb.to_vec();
+        c.resize(16, 0);
+        d.execute(
+            n,
+            ScsiRequest {
+                cdb: Bytes::from(c),
+                lun: 0,
+                data_out: Bytes::copy_from_slice(data_out),
+                expected_len: data_out.len().max(512) as u32,
+            },
+        )
+        .await
+    }
+
+    const TUR: [u8; 6] = [0; 6];
+    const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 36, 0];
+    const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+    const WRITE10: [u8; 10] = [0x2a, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+    const RESERVE6: [u8; 6] = [op::RESERVE_6, 0, 0, 0, 0, 0];
+    const RELEASE6: [u8; 6] = [op::RELEASE_6, 0, 0, 0, 0, 0];
+
+    fn prout(sa: u8, ptype: u8, key: u64, sa_key: u64, flags: u8) -> ([u8; 10], Vec<u8>) {
+        let mut p = vec![0u8; 24];
+        p[0..8].copy_from_slice(&key.to_be_bytes());
+        p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        p[20] = flags;
+        ([0x5f, sa, ptype, 0, 0, 0, 0, 0, 24, 0], p)
+    }
+
+    async fn out(d: &Device, n: &Nexus, sa: u8, ptype: u8, key: u64, sa_key: u64) -> ScsiResult {
+        let (cdb, p) = prout(sa, ptype, key, sa_key, 0);
+        exec(d, n, &cdb, &p).await
+    }
+
+    fn ua_of(r: &ScsiResult) -> Option<Asc> {
+        let s = r.sense_data()?;
+        (r.status == status::CHECK_CONDITION && s.key == key::UNIT_ATTENTION).then_some(s.asc)
+    }
+
+    #[tokio::test]
+    async fn lu_reset_raises_29_03_on_every_nexus_and_drops_reserve() {
+        let d = Device::new(lu());
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        assert_eq!(exec(&d, &a, &RESERVE6, &[]).await.status, status::GOOD);
+        d.nexus_added(&b);
+        d.reset(ResetKind::LogicalUnit, &a);
+        // INQUIRY neither reports nor clears.
+        assert_eq!(exec(&d, &b, &INQUIRY, &[]).await.status, status::GOOD);
+        for n in [&a, &b] {
+            let r = exec(&d, n, &TUR, &[]).await;
+            assert_eq!(ua_of(&r), Some(ua::asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED));
+            assert_eq!(exec(&d, n, &TUR, &[]).await.status, status::GOOD);
+        }
+        // The SPC-2 reservation is gone: b may reserve.
+        assert_eq!(exec(&d, &b, &RESERVE6, &[]).await.status, status::GOOD);
+    }
+
+    #[tokio::test]
+    async fn target_resets_use_their_own_codes() {
+        let d = Device::new(lu());
+        let a = nexus("iqn.a", 1);
+        d.reset(ResetKind::TargetWarm, &a);
+        d.reset(ResetKind::TargetCold, &a);
+        assert_eq!(
+            d.pending_unit_attentions(&a),
+            vec![ua::asc::SCSI_BUS_RESET_OCCURRED, ua::asc::POWER_ON_OCCURRED]
+        );
+    }
+
+    #[tokio::test]
+    async fn request_sense_returns_the_unit_attention_as_data() {
+        let d = Device::new(lu());
+        let a = nexus("iqn.a", 1);
+        d.nexus_added(&a);
+        d.raise_all(ua::asc::CAPACITY_DATA_HAS_CHANGED);
+        let r = exec(&d, &a, &[0x03, 0, 0, 0, 18, 0], &[]).await;
+        assert_eq!(r.status, status::GOOD);
+        let s = Sense::parse_fixed(&r.data_in).unwrap();
+        assert_eq!(
+            (s.key, s.asc),
+            (key::UNIT_ATTENTION, ua::asc::CAPACITY_DATA_HAS_CHANGED)
+        );
+        assert_eq!(exec(&d, &a, &TUR, &[]).await.status, status::GOOD);
+    }
+
+    #[tokio::test]
+    async fn spc2_reserve_conflicts_for_others_until_release_or_nexus_loss() {
+        let d = Device::new(lu());
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        assert_eq!(exec(&d, &a, &RESERVE6, &[]).await.status, status::GOOD);
+        assert_eq!(exec(&d, &a, &RESERVE6, &[]).await.status, status::GOOD);
+        assert_eq!(
+            exec(&d, &b, &RESERVE6, &[]).await.status,
+            status::RESERVATION_CONFLICT
+        );
+        assert_eq!(
+            exec(&d, &b, &[0x1a, 0, 0x3f, 0, 192, 0], &[]).await.status,
+            status::RESERVATION_CONFLICT
+        );
+        assert_eq!(exec(&d, &b, &INQUIRY, &[]).await.status, status::GOOD);
+        // RELEASE from a non-holder does nothing.
+        assert_eq!(exec(&d, &b, &RELEASE6, &[]).await.status, status::GOOD);
+        assert_eq!(
+            exec(&d, &b, &READ10, &[]).await.status,
+            status::RESERVATION_CONFLICT
+        );
+        assert_eq!(exec(&d, &a, &READ10, &[]).await.status, status::GOOD);
+        d.nexus_lost(&a);
+        assert_eq!(exec(&d, &b, &READ10, &[]).await.status, status::GOOD);
+        // RESERVE(10) third-party reservations are refused.
+        let r = exec(&d, &b, &[op::RESERVE_10, 0x10, 0, 0, 0, 0, 0, 0, 0, 0], &[]).await;
+        assert_eq!(r.status, status::CHECK_CONDITION);
+    }
+
+    #[tokio::test]
+    async fn reserve6_with_registrations_follows_crh() {
+        let d = Device::new(lu());
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        assert_eq!(out(&d, &a, 6, 0, 0, 7).await.status, status::GOOD);
+        // Registrations but no reservation: RESERVE conflicts for everyone.
+        assert_eq!(
+            exec(&d, &a, &RESERVE6, &[]).await.status,
+            status::RESERVATION_CONFLICT
+        );
+        assert_eq!(
+            exec(&d, &b, &RESERVE6, &[]).await.status,
+            status::RESERVATION_CONFLICT
+        );
+        // The holder's RESERVE and RELEASE are GOOD and change nothing.
+        assert_eq!(out(&d, &a, 1, 1, 7, 0).await.status, status::GOOD);
+        assert_eq!(exec(&d, &a, &RESERVE6, &[]).await.status, status::GOOD);
+        assert_eq!(exec(&d, &a, &RELEASE6, &[]).await.status, status::GOOD);
+        assert_eq!(
+            exec(&d, &b, &WRITE10, &[0; 512]).await.status,
+            status::RESERVATION_CONFLICT
+        );
+        // An SPC-2 holder makes PERSISTENT RESERVE commands of others conflict.
+        let d = Device::new(lu());
+        assert_eq!(exec(&d, &a, &RESERVE6, &[]).await.status, status::GOOD);
+        assert_eq!(
+            out(&d, &b, 6, 0, 0, 7).await.status,
+            status::RESERVATION_CONFLICT
+        );
+    }
+
+    #[tokio::test]
+    async fn preempt_tells_the_preempted_and_not_the_preemptor() {
+        let d = Device::new(lu());
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        assert_eq!(out(&d, &a, 6, 0, 0, 1).await.status, status::GOOD);
+        assert_eq!(out(&d, &b, 6, 0, 0, 2).await.status, status::GOOD);
+        assert_eq!(out(&d, &a, 1, 3, 1, 0).await.status, status::GOOD);
+        assert_eq!(out(&d, &b, 4, 3, 2, 1).await.status, status::GOOD);
+        assert!(d.pending_unit_attentions(&b).is_empty());
+        let r = exec(&d, &a, &READ10, &[]).await;
+        assert_eq!(ua_of(&r), Some(ua::asc::REGISTRATIONS_PREEMPTED));
+        assert_eq!(
+            exec(&d, &a, &READ10, &[]).await.status,
+            status::RESERVATION_CONFLICT
+        );
+        // A preempted registrant keeps its unit attentions across nexus loss.
+        assert_eq!(out(&d, &a, 6, 0, 0, 1).await.status, status::GOOD);
+        assert_eq!(out(&d, &b, 3, 0, 2, 0).await.status, status::GOOD); // CLEAR
+        d.nexus_lost(&a);
+        assert_eq!(
+            d.pending_unit_attentions(&a),
+            vec![ua::asc::RESERVATIONS_PREEMPTED]
+        );
+    }
+
+    #[tokio::test]
+    async fn lost_nexuses_keep_reservation_news_within_a_bound() {
+        let d = Device::new(lu());
+        let b = nexus("iqn.b", 1);
+        assert_eq!(out(&d, &b, 6, 0, 0, 9).await.status, status::GOOD);
+        let lost: Vec<Nexus> = (0..MAX_IDLE_UA_NEXUSES as u64 + 1)
+            .map(|i| nexus("iqn.a", 100 + i))
+            .collect();
+        // In batches that fit MAX_REGISTRATIONS: register, get preempted by b
+        // (REGISTRATIONS PREEMPTED), go away.
+        for batch in lost.chunks(64) {
+            for n in batch {
+                assert_eq!(out(&d, n, 6, 0, 0, 7).await.status, status::GOOD);
+            }
+            assert_eq!(out(&d, &b, 4, 0, 9, 7).await.status, status::GOOD);
+            for n in batch {
+                d.nexus_lost(n);
+            }
+        }
+        assert!(
+            d.pending_unit_attentions(&lost[0]).is_empty(),
+            "oldest evicted"
+        );
+        assert_eq!(
+            d.pending_unit_attentions(&lost[1]),
+            vec![ua::asc::REGISTRATIONS_PREEMPTED]
+        );
+        // A nexus with only a reset condition forgets it.
+        let c = nexus("iqn.c", 1);
+        d.reset(ResetKind::LogicalUnit, &c);
+        d.nexus_lost(&c);
+        assert!(d.pending_unit_attentions(&c).is_empty());
+    }
+
+    #[tokio::test]
+    async fn mode_select_tells_the_other_nexuses() {
+        let d = Device::new(lu());
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        d.nexus_added(&a);
+        d.nexus_added(&b);
+        // MODE SELECT(6) with just a header: nothing to change, but GOOD.
+        let r = exec(&d, &a, &[0x15, 0x10, 0, 0, 4, 0], &[0, 0, 0, 0]).await;
+        if r.status == status::GOOD {
+            assert!(d.pending_unit_attentions(&a).is_empty());
+            assert_eq!(
+                d.pending_unit_attentions(&b),
+                vec![ua::asc::MODE_PARAMETERS_CHANGED]
+            );
+        } else {
+            assert!(d.pending_unit_attentions(&b).is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn aptpl_state_survives_a_new_device_on_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vol.pr.toml");
+        let a = nexus("iqn.a", 0x23d000001);
+        {
+            let d = Device::with_aptpl_file(lu(), Some(file.clone())).unwrap();
+            let (cdb, p) = prout(6, 0, 0, 0xabc, 0x01);
+            assert_eq!(exec(&d, &a, &cdb, &p).await.status, status::GOOD);
+            assert_eq!(out(&d, &a, 1, 5, 0xabc, 0).await.status, status::GOOD);
+        }
+        assert!(file.exists());
+        let d = Device::with_aptpl_file(lu(), Some(file.clone())).unwrap();
+        let b = nexus("iqn.b", 2);
+        assert_eq!(
+            exec(&d, &b, &WRITE10, &[0; 512]).await.status,
+            status::RESERVATION_CONFLICT
+        );
+        let r = exec(&d, &b, &[0x5e, 1, 0, 0, 0, 0, 0, 0, 64, 0], &[]).await;
+        assert_eq!(r.data_in[8..16], 0xabcu64.to_be_bytes());
+        assert_eq!(r.data_in[21], 5);
+        // Turning APTPL off removes the file.
+        let (cdb, p) = prout(0, 0, 0xabc, 0xabc, 0);
+        assert_eq!(exec(&d, &a, &cdb, &p).await.status, status::GOOD);
+        assert!(!file.exists());
+    }
+
+    #[tokio::test]
+    async fn aptpl_is_refused_without_a_file_and_bad_files_are_errors() {
+        let d = Device::new(lu());
+        let (cdb, p) = prout(6, 0, 0, 1, 0x01);
+        let r = exec(&d, &nexus("iqn.a", 1), &cdb, &p).await;
+        assert_eq!(r.status, status::CHECK_CONDITION);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.pr.toml");
+        std::fs::write(&file, "version = 99\ngeneration = 0\n").unwrap();
+        assert!(matches!(
+            Device::with_aptpl_file(lu(), Some(file)),
+            Err(DeviceError::BadAptpl { .. })
+        ));
+    }
 }
