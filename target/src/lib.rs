@@ -13,6 +13,7 @@
 //! - [`scsi`]: the SCSI block device (logical unit) that executes CDBs.
 //! - [`store`]: backing stores (sparse file, memory).
 
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod device;

@@ -1,0 +1,4 @@
+//! The cluster: shared state in the coordinator, the inter-node link, and the
+//! clustered I/O path.
+
+pub mod state;
