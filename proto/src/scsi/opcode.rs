@@ -106,6 +106,8 @@ pub mod vpd {
     pub const UNIT_SERIAL_NUMBER: u8 = 0x80;
     /// Device identification (SPC-4 §7.8.6).
     pub const DEVICE_IDENTIFICATION: u8 = 0x83;
+    /// Extended INQUIRY data (SPC-4 §7.8.7).
+    pub const EXTENDED_INQUIRY: u8 = 0x86;
     /// Block limits (SBC-3 §6.5.3).
     pub const BLOCK_LIMITS: u8 = 0xb0;
     /// Block device characteristics (SBC-3 §6.5.2).

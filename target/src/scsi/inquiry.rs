@@ -1,5 +1,5 @@
 //! INQUIRY data (SPC-4 §6.6): the standard page and the vital product data pages
-//! 0x00, 0x80, 0x83 (SPC-4 §7.8) and 0xB0, 0xB1, 0xB2 (SBC-3 §6.5).
+//! 0x00, 0x80, 0x83, 0x86 (SPC-4 §7.8) and 0xB0, 0xB1, 0xB2 (SBC-3 §6.5).
 
 use mosaic_proto::scsi::opcode::vpd;
 use mosaic_proto::scsi::Sense;
@@ -27,10 +27,11 @@ const CMDQUE: u8 = 0x02;
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0960, 0x0460, 0x04c0];
 
 /// The VPD pages we implement, ascending, as listed in page 0x00.
-const SUPPORTED_VPD_PAGES: [u8; 6] = [
+const SUPPORTED_VPD_PAGES: [u8; 7] = [
     vpd::SUPPORTED_PAGES,
     vpd::UNIT_SERIAL_NUMBER,
     vpd::DEVICE_IDENTIFICATION,
+    vpd::EXTENDED_INQUIRY,
     vpd::BLOCK_LIMITS,
     vpd::BLOCK_DEVICE_CHARACTERISTICS,
     vpd::LOGICAL_BLOCK_PROVISIONING,
@@ -98,6 +99,7 @@ pub(super) fn vpd_page(lu: &LogicalUnit, page: u8) -> Result<Vec<u8>, Sense> {
             ascii_field(s, s.len().min(255))
         }
         vpd::DEVICE_IDENTIFICATION => device_identification(&lu.cfg),
+        vpd::EXTENDED_INQUIRY => extended_inquiry(),
         vpd::BLOCK_LIMITS => block_limits(lu),
         vpd::BLOCK_DEVICE_CHARACTERISTICS => {
             let mut b = vec![0u8; SBC3_VPD_PAGE_LEN];
@@ -114,6 +116,25 @@ pub(super) fn vpd_page(lu: &LogicalUnit, page: u8) -> Result<Vec<u8>, Sense> {
     d.extend_from_slice(&(body.len() as u16).to_be_bytes());
     d.extend_from_slice(&body);
     Ok(d)
+}
+
+/// Extended INQUIRY Data (SPC-4 §7.8.7): no protection information; SIMPSUP only
+/// (every command is a SIMPLE task: the session runs them concurrently and does not
+/// order ORDERED or HEAD OF QUEUE ones); V_SUP, a volatile cache (the host page cache,
+/// WCE) that SYNCHRONIZE CACHE flushes, no non-volatile one; LUICLR, unit attentions
+/// are cleared per I_T nexus; MAXIMUM SUPPORTED SENSE DATA LENGTH 18, our fixed
+/// format sense.
+fn extended_inquiry() -> Vec<u8> {
+    const SIMPSUP: u8 = 0x01;
+    const V_SUP: u8 = 0x01;
+    const LUICLR: u8 = 0x01;
+    let mut b = vec![0u8; SBC3_VPD_PAGE_LEN];
+    // Offsets below are page offsets minus the 4-byte header.
+    b[1] = SIMPSUP;
+    b[2] = V_SUP;
+    b[3] = LUICLR;
+    b[9] = mosaic_proto::scsi::sense::FIXED_SENSE_LEN as u8;
+    b
 }
 
 /// Appends one designation descriptor (SPC-4 §7.8.6.1).

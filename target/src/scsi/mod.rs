@@ -559,6 +559,10 @@ impl LogicalUnit {
     /// SYNCHRONIZE CACHE(10/16) (SBC-3 §5.22): flushes the whole store; IMMED is
     /// honoured by simply finishing the flush before answering.
     async fn synchronize_cache(&self, lba: u64, blocks: u32) -> ScsiResult {
+        // The first block must exist even when NUMBER OF BLOCKS is 0 ("to the end").
+        if lba >= self.num_blocks {
+            return ScsiResult::check(Sense::new(key::ILLEGAL_REQUEST, Asc::LBA_OUT_OF_RANGE), 0);
+        }
         if let Err(sense) = self.check_range(lba, blocks) {
             return ScsiResult::check(sense, 0);
         }

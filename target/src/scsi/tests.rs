@@ -460,6 +460,21 @@ async fn synchronize_cache_is_good_within_range() {
 }
 
 #[tokio::test]
+async fn synchronize_cache_edge_cases() {
+    let lu = lu();
+    // Zero blocks from the last block: to the end, fine.
+    assert_good(&exec(&lu, &rw16(0x91, BLOCKS - 1, 0)).await);
+    // Zero blocks from one past the last block: that block does not exist.
+    let r = exec(&lu, &rw16(0x91, BLOCKS, 0)).await;
+    assert_check(&r, key::ILLEGAL_REQUEST, Asc::LBA_OUT_OF_RANGE);
+    // A range that wraps the 64-bit LBA space.
+    let r = exec(&lu, &rw16(0x91, u64::MAX, 2)).await;
+    assert_check(&r, key::ILLEGAL_REQUEST, Asc::LBA_OUT_OF_RANGE);
+    // SYNC_NV (obsolete) and IMMED are accepted.
+    assert_good(&exec(&lu, &[0x35, 0x06, 0, 0, 0, 0, 0, 0, 1, 0]).await);
+}
+
+#[tokio::test]
 async fn read_capacity10_reports_last_lba_and_block_size() {
     let r = exec(&lu(), &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]).await;
     assert_good(&r);
@@ -677,7 +692,7 @@ async fn inquiry_page_code_without_evpd_is_invalid_field() {
 
 #[tokio::test]
 async fn inquiry_unknown_vpd_page_is_invalid_field() {
-    for page in [0x01u8, 0x86, 0xb3, 0xc0] {
+    for page in [0x01u8, 0x87, 0xb3, 0xc0] {
         let r = exec(&lu(), &inquiry(true, page, 255)).await;
         assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
     }
@@ -692,7 +707,7 @@ async fn inquiry_every_supported_vpd_page_is_readable() {
     assert_eq!(d[1], 0);
     let n = usize::from(u16::from_be_bytes([d[2], d[3]]));
     let pages = &d[4..4 + n];
-    assert_eq!(pages, &[0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]);
+    assert_eq!(pages, &[0x00, 0x80, 0x83, 0x86, 0xb0, 0xb1, 0xb2]);
     for &page in pages {
         let r = exec(&lu, &inquiry(true, page, 255)).await;
         assert_good(&r);
@@ -806,6 +821,31 @@ async fn inquiry_block_limits_reports_max_transfer_unmap_and_atomic_limits() {
         &[0; 16],
         "no atomic alignment/granularity/boundary"
     );
+}
+
+#[tokio::test]
+async fn inquiry_extended_inquiry_claims_simple_tasks_and_a_volatile_cache() {
+    let r = exec(&lu(), &inquiry(true, vpd::EXTENDED_INQUIRY, 255)).await;
+    assert_good(&r);
+    let d = &r.data_in;
+    assert_eq!((d[1], d[3]), (0x86, 0x3c));
+    assert_eq!(d[4], 0, "no protection information");
+    assert_eq!(d[5], 0x01, "SIMPSUP only");
+    assert_eq!(d[6], 0x01, "V_SUP, not NV_SUP");
+    assert_eq!(d[13], 18, "fixed-format sense");
+}
+
+#[tokio::test]
+async fn inquiry_logical_block_provisioning_thin_and_thick() {
+    let r = exec(&lu(), &inquiry(true, vpd::LOGICAL_BLOCK_PROVISIONING, 255)).await;
+    assert_good(&r);
+    assert_eq!(&r.data_in[..], &[0, 0xb2, 0, 4, 0, 0xe4, 0x02, 0]);
+    let r = exec(
+        &thick_lu(),
+        &inquiry(true, vpd::LOGICAL_BLOCK_PROVISIONING, 255),
+    )
+    .await;
+    assert_eq!(&r.data_in[..], &[0, 0xb2, 0, 4, 0, 0, 0, 0]);
 }
 
 #[tokio::test]
