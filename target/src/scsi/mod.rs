@@ -38,7 +38,7 @@ use mosaic_proto::scsi::{status, Asc, Cdb, RwCdb, Sense};
 
 use crate::store::BackingStore;
 
-pub use opcodes::SUPPORTED_TMFS;
+pub use opcodes::{Command, RESERVATION_COMMANDS, SUPPORTED_TMFS};
 
 /// The largest READ or WRITE we execute, in bytes: bounds the memory one command can
 /// pin. Reported to initiators as MAXIMUM TRANSFER LENGTH in the Block Limits VPD page
@@ -203,6 +203,9 @@ pub struct LogicalUnit {
     locks: lock::RangeLock,
     /// Mode parameters MODE SELECT may change.
     mode: mode::ModeState,
+    /// Commands a layer above executes for this unit, for REPORT SUPPORTED
+    /// OPERATION CODES.
+    layered_commands: &'static [opcodes::Command],
 }
 
 impl LogicalUnit {
@@ -245,7 +248,16 @@ impl LogicalUnit {
             num_blocks,
             locks: lock::RangeLock::default(),
             mode: mode::ModeState::default(),
+            layered_commands: &[],
         })
+    }
+
+    /// Declares commands a layer above the unit executes before they reach
+    /// [`LogicalUnit::execute`] (e.g. [`RESERVATION_COMMANDS`]), so that REPORT
+    /// SUPPORTED OPERATION CODES lists them too.
+    pub fn with_reported_commands(mut self, commands: &'static [opcodes::Command]) -> Self {
+        self.layered_commands = commands;
+        self
     }
 
     /// The provisioning and write-protection policy this unit was built with.

@@ -14,17 +14,73 @@ use super::{LogicalUnit, ScsiResult};
 
 /// One supported command.
 #[derive(Debug)]
-pub(super) struct Command {
+pub struct Command {
     /// Operation code.
-    pub(super) opcode: u8,
+    pub opcode: u8,
     /// Service action, for opcodes that have them.
-    pub(super) service_action: Option<u16>,
+    pub service_action: Option<u16>,
     /// CDB USAGE DATA: byte 0 is the opcode, the service action sits where the CDB
     /// carries it, every other byte is a mask of the bits we use.
-    pub(super) usage: &'static [u8],
+    pub usage: &'static [u8],
     /// Only on thin volumes (UNMAP).
-    pub(super) thin_only: bool,
+    pub thin_only: bool,
 }
+
+/// PERSISTENT RESERVE IN/OUT (every service action) and RESERVE/RELEASE(6/10): the
+/// commands the nexus-aware layer above the logical unit (`device.rs`) executes.
+/// That layer reports them through [`LogicalUnit::with_reported_commands`].
+///
+/// [`LogicalUnit::with_reported_commands`]: super::LogicalUnit::with_reported_commands
+pub const RESERVATION_COMMANDS: &[Command] = &[
+    cmd(0x16, &[0x16, 0, 0, 0, 0, 0]),
+    cmd(0x17, &[0x17, 0, 0, 0, 0, 0]),
+    cmd(0x56, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    cmd(0x57, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    sa_cmd(0x5e, 0x00, &[0x5e, 0x00, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    sa_cmd(0x5e, 0x01, &[0x5e, 0x01, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    sa_cmd(0x5e, 0x02, &[0x5e, 0x02, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    sa_cmd(0x5e, 0x03, &[0x5e, 0x03, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    sa_cmd(
+        0x5f,
+        0x00,
+        &[0x5f, 0x00, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    sa_cmd(
+        0x5f,
+        0x01,
+        &[0x5f, 0x01, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    sa_cmd(
+        0x5f,
+        0x02,
+        &[0x5f, 0x02, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    sa_cmd(
+        0x5f,
+        0x03,
+        &[0x5f, 0x03, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    sa_cmd(
+        0x5f,
+        0x04,
+        &[0x5f, 0x04, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    sa_cmd(
+        0x5f,
+        0x05,
+        &[0x5f, 0x05, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    sa_cmd(
+        0x5f,
+        0x06,
+        &[0x5f, 0x06, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    sa_cmd(
+        0x5f,
+        0x07,
+        &[0x5f, 0x07, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+];
 
 const fn cmd(opcode: u8, usage: &'static [u8]) -> Command {
     Command {
@@ -518,11 +574,16 @@ const CTDP_ALL: u8 = 0x02;
 const SERVACTV: u8 = 0x01;
 const CTDP_ONE: u8 = 0x80;
 
-/// Whether `opcode` has service actions (any entry with one).
-fn has_service_actions(opcode: u8) -> bool {
-    COMMANDS
+/// Every command `lu` reports: its own and those of the layers above it, in
+/// (opcode, service action) order.
+fn reported(lu: &LogicalUnit) -> Vec<&'static Command> {
+    let mut all: Vec<&'static Command> = COMMANDS
         .iter()
-        .any(|c| c.opcode == opcode && c.service_action.is_some())
+        .chain(lu.layered_commands.iter())
+        .filter(|c| !c.thin_only || lu.options().thin)
+        .collect();
+    all.sort_by_key(|c| (c.opcode, c.service_action));
+    all
 }
 
 fn timeouts_descriptor(out: &mut Vec<u8>) {
@@ -538,15 +599,11 @@ fn timeouts_descriptor(out: &mut Vec<u8>) {
 /// we do not implement is reported as "not supported" with GOOD. With RCTD every
 /// descriptor carries a command timeouts descriptor.
 pub(super) fn report_supported_opcodes(lu: &LogicalUnit, r: &ReportOpcodesCdb) -> ScsiResult {
-    let commands = || {
-        COMMANDS
-            .iter()
-            .filter(move |c| !c.thin_only || lu.options().thin)
-    };
+    let commands = reported(lu);
     let data = match r.options {
         OPTIONS_ALL => {
             let mut descriptors = Vec::new();
-            for c in commands() {
+            for c in &commands {
                 descriptors.push(c.opcode);
                 descriptors.push(0);
                 descriptors.extend_from_slice(&c.service_action.unwrap_or(0).to_be_bytes());
@@ -571,11 +628,14 @@ pub(super) fn report_supported_opcodes(lu: &LogicalUnit, r: &ReportOpcodesCdb) -
         }
         OPTIONS_OPCODE | OPTIONS_OPCODE_AND_SA => {
             let with_sa = r.options == OPTIONS_OPCODE_AND_SA;
-            let known = COMMANDS.iter().any(|c| c.opcode == r.opcode);
-            if known && has_service_actions(r.opcode) != with_sa {
+            let known = commands.iter().any(|c| c.opcode == r.opcode);
+            let has_sa = commands
+                .iter()
+                .any(|c| c.opcode == r.opcode && c.service_action.is_some());
+            if known && has_sa != with_sa {
                 return ScsiResult::check(Sense::invalid_field_in_cdb(2, Some(2)), 0);
             }
-            let found = commands().find(|c| {
+            let found = commands.iter().find(|c| {
                 c.opcode == r.opcode && (!with_sa || c.service_action == Some(r.service_action))
             });
             let mut d = vec![0u8; 4];
@@ -732,6 +792,40 @@ mod tests {
             u32::from_be_bytes(t[8..12].try_into().unwrap()),
             RECOMMENDED_TIMEOUT_SECS
         );
+    }
+
+    #[tokio::test]
+    async fn layered_reservation_commands_are_reported_in_opcode_order() {
+        let lu = lu().with_reported_commands(RESERVATION_COMMANDS);
+        let r = exec(&lu, &rsoc(false, 0, 0, 0, 65535)).await;
+        let d = all_descriptors(&r.data_in);
+        assert_eq!(d.len(), COMMANDS.len() + RESERVATION_COMMANDS.len());
+        let keys: Vec<(u8, u16)> = d.iter().map(|x| (x.0, x.1)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert!(d.contains(&(0x5f, 0x07, SERVACTV, 10)), "REGISTER AND MOVE");
+        let r = exec(&lu, &rsoc(false, 2, 0x5e, 0x03, 64)).await;
+        assert_eq!(r.data_in[1] & 0x07, SUPPORT_STANDARD);
+        let r = exec(&lu, &rsoc(false, 1, 0x5e, 0, 64)).await;
+        assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
+        let r = exec(&lu, &rsoc(false, 1, 0x16, 0, 64)).await;
+        assert_eq!(r.data_in[1] & 0x07, SUPPORT_STANDARD);
+        // Without the layer they are not ours.
+        let r = exec(&super::super::tests::lu(), &rsoc(false, 1, 0x16, 0, 64)).await;
+        assert_eq!(r.data_in[1] & 0x07, SUPPORT_NOT_SUPPORTED);
+    }
+
+    #[test]
+    fn reservation_usage_maps_are_well_formed() {
+        for c in RESERVATION_COMMANDS {
+            assert_eq!(c.usage[0], c.opcode);
+            let len = if c.opcode < 0x20 { 6 } else { 10 };
+            assert_eq!(c.usage.len(), len);
+            if let Some(sa) = c.service_action {
+                assert_eq!(u16::from(c.usage[1]), sa);
+            }
+        }
     }
 
     #[tokio::test]
