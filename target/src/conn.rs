@@ -337,7 +337,12 @@ impl Conn {
             crate::server::PORTAL_GROUP_TAG,
             crate::server::RELATIVE_PORT,
         ));
+        if let Some(d) = &lu {
+            // From now on resets and reservation changes queue unit attentions for it.
+            d.nexus_added(&nexus);
+        }
         let mut session = Session {
+            tsih: handle.tsih,
             nexus,
             initiator_name: result.initiator_name.clone(),
             params: p,
@@ -685,7 +690,9 @@ impl Conn {
         )
         .await?;
         if t.function == tmf_function::TARGET_COLD_RESET && response == tmf_response::COMPLETE {
-            // A cold reset also drops every connection (RFC 7143 §11.5.1).
+            // A cold reset also drops every connection of every session (RFC 7143
+            // §11.5.1): the others are told to stop, this one closes after the response.
+            self.target.registry.stop_all_except(s.tsih);
             return Ok(Flow::Close);
         }
         Ok(Flow::Continue)
@@ -764,7 +771,7 @@ impl Conn {
         }
         // A write: gather immediate, unsolicited and solicited data (RFC 7143 §4.2.4).
         let unsolicited = !c.final_bit;
-        if edtl as u64 > crate::scsi::MAX_TRANSFER_BYTES as u64 {
+        if u64::from(edtl) > crate::scsi::MAX_TRANSFER_BYTES {
             // More than any command may move (VPD 0xB0): refuse before buffering
             // anything, and drop whatever unsolicited data follows.
             warn!(peer = %self.peer, edtl, "write larger than the maximum transfer length");
@@ -1039,6 +1046,7 @@ type Running = Arc<Mutex<HashMap<u32, tokio::task::AbortHandle>>>;
 
 /// Full-feature state of the session (one connection per session).
 struct Session {
+    tsih: u16,
     initiator_name: String,
     params: SessionParams,
     kind: SessionType,

@@ -49,6 +49,9 @@ pub const RELATIVE_PORT: u16 = 1;
 /// Opens every volume of the settings as a logical unit.
 pub fn open_exports(settings: &Settings) -> Result<HashMap<String, Export>> {
     let mut exports = HashMap::new();
+    // Reservation state (APTPL) lives here even for memory-backed volumes.
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     for (i, v) in settings.volumes.iter().enumerate() {
         let store = match v.backing {
             Backing::File => {
@@ -81,7 +84,14 @@ pub fn open_exports(settings: &Settings) -> Result<HashMap<String, Export>> {
             v.iqn.clone(),
             Export {
                 iqn: v.iqn.clone(),
-                device: Arc::new(Device::new(lu)),
+                // Reservations with APTPL survive restarts in this file.
+                device: Arc::new(
+                    Device::with_aptpl_file(
+                        lu,
+                        Some(settings.data_dir.join(format!("{}.pr.toml", v.name))),
+                    )
+                    .with_context(|| format!("volume {}: reservations", v.name))?,
+                ),
             },
         );
     }

@@ -202,6 +202,16 @@ impl SessionRegistry {
         })
     }
 
+    /// Tells every session but `keep` to stop (TARGET COLD RESET).
+    pub fn stop_all_except(&self, keep: u16) {
+        let inner = self.inner.lock();
+        for (tsih, e) in &inner.sessions {
+            if *tsih != keep {
+                let _ = e.stop.send(true);
+            }
+        }
+    }
+
     /// Whether a session with this TSIH is live.
     pub fn contains(&self, tsih: u16) -> bool {
         self.inner.lock().sessions.contains_key(&tsih)
