@@ -2,3 +2,4 @@
 //! clustered I/O path.
 
 pub mod state;
+pub mod link;
