@@ -216,6 +216,15 @@ pub enum Cdb {
         prevent: u8,
     },
     ReportSupportedOpcodes(ReportOpcodesCdb),
+    /// READ DEFECT DATA(10) (SBC-3 §5.17) when `twelve` is false, (12) (§5.18) when
+    /// true: which lists are requested and in which format.
+    ReadDefectData {
+        twelve: bool,
+        req_plist: bool,
+        req_glist: bool,
+        format: u8,
+        alloc_len: u32,
+    },
     /// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 §6.36).
     ReportSupportedTmfs {
         repd: bool,
@@ -294,6 +303,7 @@ fn known_len(opcode: u8) -> Option<usize> {
         | op::WRITE_AND_VERIFY_10
         | op::VERIFY_10
         | op::PRE_FETCH_10
+        | op::READ_DEFECT_DATA_10
         | op::SYNCHRONIZE_CACHE_10
         | op::WRITE_SAME_10
         | op::UNMAP
@@ -303,6 +313,7 @@ fn known_len(opcode: u8) -> Option<usize> {
         | op::WRITE_12
         | op::WRITE_AND_VERIFY_12
         | op::VERIFY_12
+        | op::READ_DEFECT_DATA_12
         | op::REPORT_LUNS
         | op::MAINTENANCE_IN => 12,
         op::READ_16
@@ -503,6 +514,20 @@ impl Cdb {
             op::WRITE_SAME_16 => {
                 Cdb::WriteSame16(write_same(b, be64(b, 2), be32(b, 10), b[1] & 0x01 != 0)?)
             }
+            op::READ_DEFECT_DATA_10 => Cdb::ReadDefectData {
+                twelve: false,
+                req_plist: b[2] & 0x10 != 0,
+                req_glist: b[2] & 0x08 != 0,
+                format: b[2] & 0x07,
+                alloc_len: u32::from(be16(b, 7)),
+            },
+            op::READ_DEFECT_DATA_12 => Cdb::ReadDefectData {
+                twelve: true,
+                req_plist: b[1] & 0x10 != 0,
+                req_glist: b[1] & 0x08 != 0,
+                format: b[1] & 0x07,
+                alloc_len: be32(b, 6),
+            },
             op::UNMAP => Cdb::Unmap {
                 anchor: b[1] & 0x01 != 0,
                 param_len: be16(b, 7),
@@ -590,6 +615,8 @@ impl Cdb {
             Cdb::WriteSame10(_) => op::WRITE_SAME_10,
             Cdb::WriteSame16(_) => op::WRITE_SAME_16,
             Cdb::Unmap { .. } => op::UNMAP,
+            Cdb::ReadDefectData { twelve: false, .. } => op::READ_DEFECT_DATA_10,
+            Cdb::ReadDefectData { twelve: true, .. } => op::READ_DEFECT_DATA_12,
             Cdb::GetLbaStatus { .. } => op::SERVICE_ACTION_IN_16,
             Cdb::StartStopUnit(_) => op::START_STOP_UNIT,
             Cdb::PreventAllowMediumRemoval { .. } => op::PREVENT_ALLOW_MEDIUM_REMOVAL,
@@ -1223,6 +1250,35 @@ mod tests {
     }
 
     #[test]
+    fn read_defect_data_10_and_12_decode() {
+        let c = [op::READ_DEFECT_DATA_10, 0, 0x1b, 0, 0, 0, 0, 0, 32, 0];
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::ReadDefectData {
+                twelve: false,
+                req_plist: true,
+                req_glist: true,
+                format: 3,
+                alloc_len: 32
+            })
+        );
+        let mut c = [0u8; 12];
+        c[0] = op::READ_DEFECT_DATA_12;
+        c[1] = 0x08 | 0x05;
+        c[9] = 64;
+        assert_eq!(
+            Cdb::decode(&c),
+            Ok(Cdb::ReadDefectData {
+                twelve: true,
+                req_plist: false,
+                req_glist: true,
+                format: 5,
+                alloc_len: 64
+            })
+        );
+    }
+
+    #[test]
     fn maintenance_in_decodes_report_opcodes_and_tmfs() {
         let mut c = [0u8; 12];
         c[0] = op::MAINTENANCE_IN;
@@ -1275,7 +1331,7 @@ mod tests {
                 op::WRITE_AND_VERIFY_12, op::WRITE_AND_VERIFY_16, op::PRE_FETCH_10,
                 op::PRE_FETCH_16, op::ORWRITE_16, op::COMPARE_AND_WRITE,
                 op::WRITE_ATOMIC_16, op::WRITE_SAME_10, op::WRITE_SAME_16, op::UNMAP,
-                op::MAINTENANCE_IN,
+                op::MAINTENANCE_IN, op::READ_DEFECT_DATA_10, op::READ_DEFECT_DATA_12,
             ]),
             rest in proptest::collection::vec(any::<u8>(), 0..20),
         ) {

@@ -31,6 +31,8 @@ pub const WRITE_AND_VERIFY_10: u8 = 0x2e;
 pub const VERIFY_10: u8 = 0x2f;
 /// PRE-FETCH(10) (SBC-3 §5.9).
 pub const PRE_FETCH_10: u8 = 0x34;
+/// READ DEFECT DATA(10) (SBC-3 §5.17).
+pub const READ_DEFECT_DATA_10: u8 = 0x37;
 /// SYNCHRONIZE CACHE(10) (SBC-3 §5.22).
 pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
 /// WRITE SAME(10) (SBC-3 §5.43).
@@ -75,6 +77,8 @@ pub const MAINTENANCE_IN: u8 = 0xa3;
 pub const READ_12: u8 = 0xa8;
 /// WRITE(12) (SBC-3 §5.36).
 pub const WRITE_12: u8 = 0xaa;
+/// READ DEFECT DATA(12) (SBC-3 §5.18).
+pub const READ_DEFECT_DATA_12: u8 = 0xb7;
 /// WRITE AND VERIFY(12) (SBC-3 §5.46).
 pub const WRITE_AND_VERIFY_12: u8 = 0xae;
 /// VERIFY(12) (SBC-3 §5.34).

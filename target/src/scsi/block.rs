@@ -312,6 +312,33 @@ pub(super) fn prevent_allow(prevent: u8) -> ScsiResult {
     ScsiResult::ok(0)
 }
 
+/// READ DEFECT DATA(10/12) (SBC-3 §5.17, §5.18): a volume has no defects, so both
+/// the primary and the grown list are empty. The lists asked for are reported valid
+/// (PLISTV, GLISTV) in the requested format: an empty list is the same in every
+/// format.
+pub(super) fn read_defect_data(
+    twelve: bool,
+    req_plist: bool,
+    req_glist: bool,
+    format: u8,
+    alloc_len: u32,
+) -> ScsiResult {
+    const PLISTV: u8 = 0x10;
+    const GLISTV: u8 = 0x08;
+    let mut flags = format & 0x07;
+    if req_plist {
+        flags |= PLISTV;
+    }
+    if req_glist {
+        flags |= GLISTV;
+    }
+    // Header: 4 bytes with a 16-bit DEFECT LIST LENGTH (10), 8 bytes with a 32-bit
+    // one (12); the length is 0 either way.
+    let mut d = vec![0u8; if twelve { 8 } else { 4 }];
+    d[1] = flags;
+    ScsiResult::good_truncated(d, alloc_len as usize)
+}
+
 /// VERIFY fields as the READ/WRITE range fields (for the shared range checks).
 fn as_rw(v: &VerifyCdb) -> RwCdb {
     RwCdb {
@@ -564,6 +591,22 @@ mod tests {
         assert_check(&r, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB);
         // The unit stays ready after a stop.
         assert_good(&exec(&lu, &[0; 6]).await);
+    }
+
+    #[tokio::test]
+    async fn read_defect_data_reports_empty_valid_lists() {
+        let lu = lu();
+        let r = exec(&lu, &[0x37, 0, 0x18 | 0x04, 0, 0, 0, 0, 0, 32, 0]).await;
+        assert_good(&r);
+        assert_eq!(&r.data_in[..], &[0, 0x1c, 0, 0]);
+        let mut c = [0u8; 12];
+        c[0] = 0xb7;
+        c[9] = 32;
+        let r = exec(&lu, &c).await;
+        assert_good(&r);
+        assert_eq!(&r.data_in[..], &[0; 8]);
+        c[9] = 2;
+        assert_eq!(exec(&lu, &c).await.data_in.len(), 2);
     }
 
     #[tokio::test]

@@ -367,6 +367,13 @@ impl LogicalUnit {
             Cdb::StartStopUnit(ss) => self.start_stop_unit(ss).await,
             Cdb::PreventAllowMediumRemoval { prevent } => block::prevent_allow(prevent),
             Cdb::ReportSupportedOpcodes(r) => opcodes::report_supported_opcodes(self, &r),
+            Cdb::ReadDefectData {
+                twelve,
+                req_plist,
+                req_glist,
+                format,
+                alloc_len,
+            } => block::read_defect_data(twelve, req_plist, req_glist, format, alloc_len),
             Cdb::ReportSupportedTmfs { repd, alloc_len } => {
                 opcodes::report_supported_tmfs(repd, alloc_len)
             }

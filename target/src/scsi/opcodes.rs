@@ -191,6 +191,10 @@ pub(super) const COMMANDS: &[Command] = &[
         ],
     ),
     cmd(
+        op::READ_DEFECT_DATA_10,
+        &[op::READ_DEFECT_DATA_10, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0],
+    ),
+    cmd(
         op::SYNCHRONIZE_CACHE_10,
         &[
             op::SYNCHRONIZE_CACHE_10,
@@ -483,6 +487,23 @@ pub(super) const COMMANDS: &[Command] = &[
     ),
     cmd(op::READ_12, &RW12_USAGE[0]),
     cmd(op::WRITE_12, &RW12_USAGE[1]),
+    cmd(
+        op::READ_DEFECT_DATA_12,
+        &[
+            op::READ_DEFECT_DATA_12,
+            0x1f,
+            0,
+            0,
+            0,
+            0,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+        ],
+    ),
     cmd(
         op::WRITE_AND_VERIFY_12,
         &[
