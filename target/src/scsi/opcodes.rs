@@ -841,10 +841,18 @@ mod tests {
     fn reservation_usage_maps_are_well_formed() {
         for c in RESERVATION_COMMANDS {
             assert_eq!(c.usage[0], c.opcode);
-            let len = if c.opcode < 0x20 { 6 } else { 10 };
-            assert_eq!(c.usage.len(), len);
+            // CDB length from the group code (SPC-4 §4.2.5.1).
+            let len = match c.opcode >> 5 {
+                0 => 6,
+                1 | 2 => 10,
+                4 => 16,
+                5 => 12,
+                _ => unreachable!(),
+            };
+            assert_eq!(c.usage.len(), len, "opcode {:#x}", c.opcode);
             if let Some(sa) = c.service_action {
-                assert_eq!(u16::from(c.usage[1]), sa);
+                // The service action sits in bits 4..0; the bits above may be usage.
+                assert_eq!(u16::from(c.usage[1] & 0x1f), sa, "opcode {:#x}", c.opcode);
             }
         }
     }
