@@ -1,5 +1,6 @@
 //! The cluster: shared state in the coordinator, the inter-node link, and the
 //! clustered I/O path.
 
-pub mod state;
 pub mod link;
+pub mod state;
+pub mod store;

@@ -15,7 +15,11 @@ pub use memory::MemoryStore;
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+
+use crate::cluster::store::{ClusterIoError, ClusterStore};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,16 @@ pub enum StoreError {
     /// The blocking task that ran the I/O died (panicked or was cancelled at shutdown).
     #[error("blocking I/O task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A clustered volume's piece failed at this node or a peer.
+    #[error("cluster: {0}")]
+    Cluster(String),
+}
+
+fn cluster_err(e: ClusterIoError) -> StoreError {
+    match e {
+        ClusterIoError::Store(s) => s,
+        other => StoreError::Cluster(other.to_string()),
+    }
 }
 
 /// A logical unit's backing store.
@@ -69,6 +83,9 @@ pub enum BackingStore {
     File(FileStore),
     /// Sparse memory, for tests and scratch volumes.
     Memory(MemoryStore),
+    /// A volume spread over the cluster's nodes by pages (see `cluster::store`). Its
+    /// futures are boxed: the pages a node holds live in a `BackingStore` too.
+    Cluster(Arc<ClusterStore>),
 }
 
 impl BackingStore {
@@ -96,6 +113,7 @@ impl BackingStore {
         match self {
             BackingStore::File(f) => f.len(),
             BackingStore::Memory(m) => m.len(),
+            BackingStore::Cluster(c) => c.len(),
         }
     }
 
@@ -111,6 +129,7 @@ impl BackingStore {
         match self {
             BackingStore::File(f) => f.block_size(),
             BackingStore::Memory(_) => memory::CHUNK_SIZE as u64,
+            BackingStore::Cluster(_) => memory::CHUNK_SIZE as u64,
         }
     }
 
@@ -120,6 +139,7 @@ impl BackingStore {
         match self {
             BackingStore::File(f) => f.read_at(offset, len).await,
             BackingStore::Memory(m) => Ok(m.read_at(offset, len)),
+            BackingStore::Cluster(c) => Box::pin(c.read_at(offset, len)).await.map_err(cluster_err),
         }
     }
 
@@ -132,6 +152,9 @@ impl BackingStore {
                 m.write_at(offset, &data);
                 Ok(())
             }
+            BackingStore::Cluster(c) => Box::pin(c.write_at(offset, data, false))
+                .await
+                .map_err(cluster_err),
         }
     }
 
@@ -149,6 +172,9 @@ impl BackingStore {
                 m.deallocate(offset, len);
                 Ok(())
             }
+            BackingStore::Cluster(c) => Box::pin(c.deallocate(offset, len))
+                .await
+                .map_err(cluster_err),
         }
     }
 
@@ -163,6 +189,9 @@ impl BackingStore {
         match self {
             BackingStore::File(f) => f.allocation(offset, len).await,
             BackingStore::Memory(m) => Ok(m.allocation(offset, len)),
+            BackingStore::Cluster(c) => Box::pin(c.allocation(offset, len))
+                .await
+                .map_err(cluster_err),
         }
     }
 
@@ -171,8 +200,8 @@ impl BackingStore {
         check_range(offset, len, self.len())?;
         match self {
             BackingStore::File(f) => f.prefetch(offset, len).await,
-            // Memory is always "cached".
-            BackingStore::Memory(_) => Ok(()),
+            // Memory is always "cached"; a clustered volume's owners cache their pages.
+            BackingStore::Memory(_) | BackingStore::Cluster(_) => Ok(()),
         }
     }
 
@@ -182,7 +211,7 @@ impl BackingStore {
     pub fn preallocate(&self) -> Result<bool, StoreError> {
         match self {
             BackingStore::File(f) => f.preallocate(),
-            BackingStore::Memory(_) => Ok(false),
+            BackingStore::Memory(_) | BackingStore::Cluster(_) => Ok(false),
         }
     }
 
@@ -194,6 +223,7 @@ impl BackingStore {
                 m.flush();
                 Ok(())
             }
+            BackingStore::Cluster(c) => Box::pin(c.flush()).await.map_err(cluster_err),
         }
     }
 }
