@@ -73,6 +73,16 @@ pub struct VolumeConfig {
     /// Initiator names allowed to log in; empty allows all.
     #[serde(default)]
     pub initiators: Vec<String>,
+    /// Thin provisioned (UNMAP frees space; the default) or fully provisioned.
+    #[serde(default = "default_thin")]
+    pub thin: bool,
+    /// Write-protected: every write is refused with DATA PROTECT.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn default_thin() -> bool {
+    true
 }
 
 /// CHAP secrets as written in the config (RFC 7143 §12.1.3).
@@ -282,6 +292,8 @@ pub struct Volume {
     pub path: PathBuf,
     pub chap: Option<ChapConfig>,
     pub initiators: Vec<String>,
+    pub thin: bool,
+    pub read_only: bool,
 }
 
 /// The configuration after validation: what the server runs with.
@@ -330,6 +342,8 @@ impl Config {
             path: None,
             chap: None,
             initiators: Vec::new(),
+            thin: true,
+            read_only: false,
         };
         for part in spec.split(',').filter(|p| !p.is_empty()) {
             let (k, val) = part
@@ -356,10 +370,34 @@ impl Config {
                     }
                 }
                 "path" => v.path = Some(PathBuf::from(val)),
+                "provisioning" => {
+                    v.thin = match val {
+                        "thin" => true,
+                        "thick" => false,
+                        _ => {
+                            return Err(invalid(
+                                "--volume provisioning",
+                                format!("{val:?}: use thin or thick"),
+                            ))
+                        }
+                    }
+                }
+                "readonly" | "read_only" => {
+                    v.read_only = match val {
+                        "yes" | "true" => true,
+                        "no" | "false" => false,
+                        _ => {
+                            return Err(invalid(
+                                "--volume readonly",
+                                format!("{val:?}: use yes or no"),
+                            ))
+                        }
+                    }
+                }
                 _ => {
                     return Err(invalid(
                         "--volume",
-                        format!("unknown key {k:?} (name, size, block, backing, path)"),
+                        format!("unknown key {k:?} (name, size, block, backing, path, provisioning, readonly)"),
                     ))
                 }
             }
@@ -469,6 +507,8 @@ impl Config {
                 path,
                 chap,
                 initiators: v.initiators.clone(),
+                thin: v.thin,
+                read_only: v.read_only,
             });
         }
         if volumes.is_empty() {
@@ -499,6 +539,8 @@ impl Config {
             path: None,
             chap: None,
             initiators: Vec::new(),
+            thin: true,
+            read_only: false,
         }
     }
 }
@@ -543,8 +585,13 @@ mod tests {
 
     #[test]
     fn volume_flag_parses() {
-        let v = Config::parse_volume_flag("name=a,size=1M,block=4096,backing=memory").unwrap();
+        let v = Config::parse_volume_flag(
+            "name=a,size=1M,block=4096,backing=memory,provisioning=thick,readonly=yes",
+        )
+        .unwrap();
         assert_eq!(v.block_size, 4096);
+        assert!(!v.thin && v.read_only);
+        assert!(Config::parse_volume_flag("name=a,provisioning=fat").is_err());
         assert_eq!(v.backing, Backing::Memory);
         assert!(Config::parse_volume_flag("name=a,colour=red").is_err());
     }
