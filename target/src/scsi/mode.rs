@@ -401,7 +401,7 @@ mod tests {
     fn flushes(store: &BackingStore) -> u64 {
         match store {
             BackingStore::Memory(m) => m.flushes(),
-            BackingStore::File(_) => unreachable!(),
+            _ => unreachable!("the tests use a memory store"),
         }
     }
 
