@@ -10,8 +10,9 @@
 //! 2. the SPC-2 reservation check (another nexus holds RESERVE: most commands get
 //!    RESERVATION CONFLICT);
 //! 3. the persistent reservation check ([`PrState::conflicts`]);
-//! 4. PERSISTENT RESERVE IN/OUT and RESERVE/RELEASE(6/10) run here, everything else
-//!    in the logical unit.
+//! 4. PERSISTENT RESERVE IN/OUT, RESERVE/RELEASE(6/10), EXTENDED COPY and RECEIVE
+//!    COPY RESULTS ([`crate::xcopy`]) and REPORT TARGET PORT GROUPS run here,
+//!    everything else in the logical unit.
 //!
 //! Choices:
 //! - No power-on unit attention for new nexuses: no libiscsi test needs it, and
@@ -37,11 +38,19 @@
 //!   refused (PTPL_C = 0).
 //! - PREEMPT AND ABORT preempts like PREEMPT; aborting the preempted nexuses' tasks
 //!   needs the connection's task table, which the device cannot reach: it is logged.
+//! - EXTENDED COPY reads and writes through the logical units' own READ(16) and
+//!   WRITE(16), so range locks, write protection and WCE apply as for the
+//!   initiator's own commands; a copy target is checked for reservation conflicts
+//!   as seen from the same initiator port (on that volume's target port), but its
+//!   unit attentions are neither reported nor cleared.
+//! - ALUA (SPC-4 §5.16): implicit only (TPGS = 01b), one target port group per node,
+//!   always active/optimized; REPORT TARGET PORT GROUPS lists it with the one
+//!   relative target port, the same numbers VPD 0x83 gives.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use mosaic_proto::scsi::sense::key;
@@ -52,6 +61,9 @@ use crate::pr::{Initiator, PrError, PrState, PrType};
 use crate::scsi::{LogicalUnit, ScsiRequest, ScsiResult, LUN0};
 use crate::store::StoreError;
 use crate::ua::{self, UaAction, UnitAttentions};
+use crate::xcopy::{
+    self, CopyManager, CopyRecords, CopyState, Designator, RecordGuard, XcopyError,
+};
 
 /// One I_T nexus: an initiator port talking to a target port (SAM-5 §4.6, RFC 7143
 /// §4.4.1 for the iSCSI names).
@@ -112,6 +124,15 @@ pub struct Device {
     state: Mutex<State>,
     /// Where APTPL state is kept; `None`: APTPL is not supported.
     aptpl_file: Option<PathBuf>,
+    /// The node's volumes, for EXTENDED COPY between them; unset: copies stay
+    /// within this volume.
+    copy_manager: OnceLock<Arc<CopyManager>>,
+    /// RECEIVE COPY RESULTS data per nexus and list identifier.
+    copies: Mutex<CopyRecords>,
+    /// Bounds the copies running at once ([`xcopy::MAX_CONCURRENT_COPIES`]).
+    copy_slots: tokio::sync::Semaphore,
+    /// The logical-unit designators of VPD 0x83, read once, for CSCD descriptors.
+    designators: OnceLock<Vec<Designator>>,
 }
 
 /// Errors creating a device.
@@ -148,6 +169,9 @@ mod op {
     pub const RELEASE_10: u8 = 0x57;
     pub const MODE_SELECT_6: u8 = 0x15;
     pub const MODE_SELECT_10: u8 = 0x55;
+    /// MAINTENANCE IN, whose service action 0Ah is REPORT TARGET PORT GROUPS.
+    pub const MAINTENANCE_IN: u8 = 0xa3;
+    pub const SA_REPORT_TARGET_PORT_GROUPS: u8 = 0x0a;
 }
 
 fn result(status: u8, sense: Option<Sense>, data: Vec<u8>, transfer_len: u32) -> ScsiResult {
@@ -277,10 +301,18 @@ impl State {
 impl Device {
     /// A device without APTPL support.
     pub fn new(lu: LogicalUnit) -> Device {
+        Device::build(lu, State::default(), None)
+    }
+
+    fn build(lu: LogicalUnit, state: State, aptpl_file: Option<PathBuf>) -> Device {
         Device {
-            lu,
-            state: Mutex::new(State::default()),
-            aptpl_file: None,
+            lu: lu.with_reported_commands(crate::scsi::RESERVATION_COMMANDS),
+            state: Mutex::new(state),
+            aptpl_file,
+            copy_manager: OnceLock::new(),
+            copies: Mutex::new(CopyRecords::default()),
+            copy_slots: tokio::sync::Semaphore::new(usize::from(xcopy::MAX_CONCURRENT_COPIES)),
+            designators: OnceLock::new(),
         }
     }
 
@@ -317,14 +349,14 @@ impl Device {
                 }
             }
         }
-        Ok(Device {
+        Ok(Device::build(
             lu,
-            state: Mutex::new(State {
+            State {
                 pr,
                 ..State::default()
-            }),
+            },
             aptpl_file,
-        })
+        ))
     }
 
     /// The logical unit below.
@@ -345,6 +377,14 @@ impl Device {
             crate::pr::PERSISTENT_RESERVE_OUT => self.persistent_reserve_out(nexus, &req),
             op::RESERVE_6 | op::RESERVE_10 => self.reserve(nexus, &req),
             op::RELEASE_6 | op::RELEASE_10 => self.release(nexus, &req),
+            xcopy::EXTENDED_COPY => self.extended_copy(nexus, &req).await,
+            xcopy::RECEIVE_COPY_RESULTS => self.receive_copy_results(nexus, &req),
+            op::MAINTENANCE_IN
+                if req.cdb.get(1).copied().unwrap_or(0) & 0x1f
+                    == op::SA_REPORT_TARGET_PORT_GROUPS =>
+            {
+                self.report_target_port_groups(&req)
+            }
             opcode => {
                 let result = self.lu.execute(req).await;
                 // SPC-4 §6.11: a MODE SELECT tells every other nexus.
@@ -373,6 +413,7 @@ impl Device {
 
     /// The nexus is gone (logout, connection loss, session reinstatement).
     pub fn nexus_lost(&self, nexus: &Nexus) {
+        self.copies.lock().forget(&nexus.initiator_port);
         let mut st = self.state.lock();
         st.nexuses.remove(&*nexus.initiator_port);
         if st.spc2.as_deref() == Some(&*nexus.initiator_port) {
@@ -568,10 +609,295 @@ impl Device {
                     .is_some_and(|r| PrType::registrants_have_access(r.ptype)))
     }
 
+    /// Lets EXTENDED COPY reach the other volumes of `manager` (see
+    /// [`CopyManager::register`]); a second manager is ignored.
+    pub fn set_copy_manager(&self, manager: Arc<CopyManager>) {
+        let _ = self.copy_manager.set(manager);
+    }
+
+    /// The logical-unit designators of this unit's VPD 0x83 page, read through the
+    /// logical unit once and kept.
+    async fn lu_designators(&self) -> &[Designator] {
+        if let Some(d) = self.designators.get() {
+            return d;
+        }
+        /// INQUIRY, EVPD, page 83h, allocation length 1024.
+        const INQUIRY_VPD_83: [u8; 6] = [0x12, 0x01, 0x83, 0x04, 0x00, 0x00];
+        let r = self
+            .lu
+            .execute(ScsiRequest {
+                cdb: Bytes::from_static(&INQUIRY_VPD_83),
+                lun: LUN0,
+                data_out: Bytes::new(),
+                expected_len: 1024,
+            })
+            .await;
+        let found = if r.status == status::GOOD {
+            xcopy::lu_designators(&r.data_in)
+        } else {
+            Vec::new()
+        };
+        self.designators.get_or_init(|| found)
+    }
+
+    /// Whether `designator` names this logical unit (a CSCD descriptor's target).
+    pub async fn has_designator(&self, designator: &Designator) -> bool {
+        self.lu_designators().await.contains(designator)
+    }
+
+    /// Whether `nexus` would get RESERVATION CONFLICT reading (or writing) this
+    /// volume: the check EXTENDED COPY makes for each copy target.
+    fn copy_conflicts(&self, nexus: &Nexus, write: bool) -> bool {
+        /// READ(16) and WRITE(16) of one block at LBA 0: only the opcode matters.
+        const READ16: [u8; 16] = [0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+        const WRITE16: [u8; 16] = [0x8a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+        let st = self.state.lock();
+        if st
+            .spc2
+            .as_deref()
+            .is_some_and(|h| *h != *nexus.initiator_port)
+        {
+            return true;
+        }
+        st.pr
+            .conflicts(nexus, if write { &WRITE16 } else { &READ16 })
+    }
+
+    /// EXTENDED COPY(LID1) (SPC-4 §6.4): parses the parameter list, resolves the
+    /// copy targets, checks every segment, then copies segment by segment (see
+    /// [`crate::xcopy`]).
+    async fn extended_copy(&self, nexus: &Nexus, req: &ScsiRequest) -> ScsiResult {
+        let cdb = &req.cdb;
+        if cdb.len() < 16 {
+            return check(Sense::invalid_field_in_cdb(0, None), req.expected_len);
+        }
+        if cdb[1] & 0x1f != xcopy::SA_EXTENDED_COPY_LID1 {
+            // EXTENDED COPY(LID4) and the ROD token service actions.
+            return check(Sense::invalid_field_in_cdb(1, Some(4)), req.expected_len);
+        }
+        let param_len = u32::from_be_bytes([cdb[10], cdb[11], cdb[12], cdb[13]]);
+        let list = match xcopy::parse_param_list(&req.data_out, param_len) {
+            Ok(Some(list)) => list,
+            Ok(None) => return good(Vec::new(), 0),
+            Err(e) => return check(e.sense(), param_len),
+        };
+        let guard = match RecordGuard::begin(&self.copies, &nexus.initiator_port, list.tracked_id())
+        {
+            Ok(g) => g,
+            Err(e) => return check(e.sense(), param_len),
+        };
+        let outcome = self.copy(nexus, &list, &guard).await;
+        match outcome {
+            Ok(()) => {
+                guard.finish(CopyState::Done);
+                good(Vec::new(), param_len)
+            }
+            Err(e) => {
+                tracing::debug!(lu = %self.lu.config().name, error = %e, "EXTENDED COPY failed");
+                guard.finish(CopyState::Failed(e.sense()));
+                if e == XcopyError::ReservationConflict {
+                    return conflict(req);
+                }
+                check(e.sense(), param_len)
+            }
+        }
+    }
+
+    /// The copy proper: resolve, plan, check reservations, then move the blocks.
+    async fn copy(
+        &self,
+        nexus: &Nexus,
+        list: &xcopy::ParamList,
+        guard: &RecordGuard<'_>,
+    ) -> Result<(), XcopyError> {
+        let mut others: Vec<Option<Arc<Device>>> = Vec::with_capacity(list.cscds.len());
+        let mut resolved: Vec<bool> = Vec::with_capacity(list.cscds.len());
+        for c in &list.cscds {
+            if c.nul {
+                others.push(None);
+                resolved.push(false);
+            } else if self.has_designator(&c.designator).await {
+                others.push(None);
+                resolved.push(true);
+            } else {
+                let found = match self.copy_manager.get() {
+                    Some(m) => m.find(&c.designator).await,
+                    None => None,
+                };
+                resolved.push(found.is_some());
+                others.push(found);
+            }
+        }
+        // The device a resolved CSCD descriptor names: another volume or this one.
+        let device = |i: usize| -> &Device { others[i].as_deref().unwrap_or(self) };
+        let geometry: Vec<Option<xcopy::TargetGeometry>> = (0..list.cscds.len())
+            .map(|i| {
+                resolved[i].then(|| xcopy::TargetGeometry {
+                    block_size: device(i).lu.block_size(),
+                    num_blocks: device(i).lu.num_blocks(),
+                })
+            })
+            .collect();
+        let steps = xcopy::plan(list, &geometry)?;
+        for s in &steps {
+            for (i, write) in [(s.src, false), (s.dst, true)] {
+                let d = device(i);
+                let conflicts = if std::ptr::eq(d, self) {
+                    d.copy_conflicts(nexus, write)
+                } else {
+                    let cfg = d.lu.config();
+                    let there = Nexus {
+                        target_port: format!("{},t,0x{:04x}", cfg.target_name, cfg.tpg).into(),
+                        relative_port: cfg.relative_port,
+                        ..nexus.clone()
+                    };
+                    d.copy_conflicts(&there, write)
+                };
+                if conflicts {
+                    return Err(XcopyError::ReservationConflict);
+                }
+            }
+        }
+        let _slot = self.copy_slots.acquire().await;
+        let mut moved = 0u64;
+        for (n, s) in steps.iter().enumerate() {
+            let (src, dst) = (device(s.src), device(s.dst));
+            let failed = XcopyError::SegmentFailed { offset: s.offset };
+            let sbs = u64::from(src.lu.block_size());
+            let dbs = u64::from(dst.lu.block_size());
+            for (at, len) in xcopy::chunks(s, std::ptr::eq(src, dst), sbs as u32) {
+                let data = block_io(&src.lu, 0x88, s.src_lba + at / sbs, len / sbs, Bytes::new())
+                    .await
+                    .map_err(|_| failed.clone())?;
+                if data.len() as u64 != len {
+                    return Err(failed);
+                }
+                block_io(&dst.lu, 0x8a, s.dst_lba + at / dbs, len / dbs, data)
+                    .await
+                    .map_err(|sense| match sense {
+                        Some(sense) if sense.key == key::DATA_PROTECT => XcopyError::Target(sense),
+                        _ => failed.clone(),
+                    })?;
+                moved += len;
+            }
+            guard.progress(u16::try_from(n + 1).unwrap_or(u16::MAX), moved);
+        }
+        Ok(())
+    }
+
+    /// RECEIVE COPY RESULTS (SPC-4 §6.18): COPY STATUS, RECEIVE DATA and FAILED
+    /// SEGMENT DETAILS of this nexus's copies by list identifier, and OPERATING
+    /// PARAMETERS. An unknown list identifier is INVALID FIELD IN CDB.
+    fn receive_copy_results(&self, nexus: &Nexus, req: &ScsiRequest) -> ScsiResult {
+        let cdb = &req.cdb;
+        if cdb.len() < 16 {
+            return check(Sense::invalid_field_in_cdb(0, None), req.expected_len);
+        }
+        let list_id = cdb[2];
+        let alloc_len = u32::from_be_bytes([cdb[10], cdb[11], cdb[12], cdb[13]]) as usize;
+        let port = &nexus.initiator_port;
+        let data = match cdb[1] & 0x1f {
+            xcopy::sa::OPERATING_PARAMETERS => Some(xcopy::operating_parameters()),
+            xcopy::sa::COPY_STATUS => self.copies.lock().copy_status(port, list_id),
+            xcopy::sa::RECEIVE_DATA => self.copies.lock().receive_data(port, list_id),
+            xcopy::sa::FAILED_SEGMENT_DETAILS => {
+                self.copies.lock().failed_segment_details(port, list_id)
+            }
+            _ => return check(Sense::invalid_field_in_cdb(1, Some(4)), 0),
+        };
+        match data {
+            Some(mut d) => {
+                d.truncate(alloc_len);
+                let len = d.len() as u32;
+                good(d, len)
+            }
+            None => check(Sense::invalid_field_in_cdb(2, None), 0),
+        }
+    }
+
+    /// REPORT TARGET PORT GROUPS (SPC-4 §6.36), in the length-only (000b) or
+    /// extended (001b) header format.
+    fn report_target_port_groups(&self, req: &ScsiRequest) -> ScsiResult {
+        let cdb = &req.cdb;
+        if cdb.len() < 12 {
+            return check(Sense::invalid_field_in_cdb(0, None), req.expected_len);
+        }
+        let extended = match cdb[1] >> 5 {
+            0b000 => false,
+            0b001 => true,
+            _ => return check(Sense::invalid_field_in_cdb(1, Some(7)), 0),
+        };
+        let alloc_len = u32::from_be_bytes([cdb[6], cdb[7], cdb[8], cdb[9]]) as usize;
+        let cfg = self.lu.config();
+        let mut d = target_port_groups(extended, cfg.tpg, cfg.relative_port);
+        d.truncate(alloc_len);
+        let len = d.len() as u32;
+        good(d, len)
+    }
+
     /// Writes buffered data to stable storage.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.lu.flush().await
     }
+}
+
+/// One READ(16) (`opcode` 0x88) or WRITE(16) (0x8a) of `blocks` blocks at `lba`
+/// through the logical unit; the data read, or the sense of a failure (`None` when
+/// there was none).
+async fn block_io(
+    lu: &LogicalUnit,
+    opcode: u8,
+    lba: u64,
+    blocks: u64,
+    data_out: Bytes,
+) -> Result<Bytes, Option<Sense>> {
+    let blocks = u32::try_from(blocks).map_err(|_| None)?;
+    let mut cdb = [0u8; 16];
+    cdb[0] = opcode;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    let expected_len =
+        u32::try_from(u64::from(blocks) * u64::from(lu.block_size())).unwrap_or(u32::MAX);
+    let r = lu
+        .execute(ScsiRequest {
+            cdb: Bytes::copy_from_slice(&cdb),
+            lun: LUN0,
+            data_out,
+            expected_len,
+        })
+        .await;
+    if r.status == status::GOOD {
+        Ok(r.data_in)
+    } else {
+        tracing::warn!(lu = %lu.config().name, opcode, lba, status = r.status, sense = ?r.sense_data(), "EXTENDED COPY: segment I/O failed");
+        Err(r.sense_data())
+    }
+}
+
+/// REPORT TARGET PORT GROUPS data (SPC-4 §6.36.2): one group, `tpg`, with PREF set,
+/// in the active/optimized state, supporting only that state (AO_SUP), with its one
+/// relative target port. The extended header (FORMAT TYPE 001b) has an IMPLICIT
+/// TRANSITION TIME of 0: the state never changes.
+fn target_port_groups(extended: bool, tpg: u16, relative_port: u16) -> Vec<u8> {
+    /// PREF (bit 7) and ASYMMETRIC ACCESS STATE 0h (active/optimized).
+    const PREF_ACTIVE_OPTIMIZED: u8 = 0x80;
+    /// AO_SUP: the active/optimized state is supported (and no other).
+    const AO_SUP: u8 = 0x01;
+    /// FORMAT TYPE 001b of the extended header (byte 4, bits 6..4).
+    const FORMAT_EXTENDED: u8 = 0x10;
+    let mut d = vec![0u8; 4];
+    if extended {
+        d.extend_from_slice(&[FORMAT_EXTENDED, 0, 0, 0]);
+    }
+    d.extend_from_slice(&[PREF_ACTIVE_OPTIMIZED, AO_SUP]);
+    d.extend_from_slice(&tpg.to_be_bytes());
+    // Reserved, STATUS CODE 00h (no status), vendor specific, TARGET PORT COUNT.
+    d.extend_from_slice(&[0, 0, 0, 1]);
+    d.extend_from_slice(&[0, 0]);
+    d.extend_from_slice(&relative_port.to_be_bytes());
+    let len = (d.len() - 4) as u32;
+    d[0..4].copy_from_slice(&len.to_be_bytes());
+    d
 }
 
 /// Replaces `path` with `data` so that a crash leaves the old or the new file, never
@@ -886,5 +1212,295 @@ mod tests {
             Device::with_aptpl_file(lu(), Some(file)),
             Err(DeviceError::BadAptpl { .. })
         ));
+    }
+
+    fn lu_named(name: &str, read_only: bool) -> LogicalUnit {
+        let cfg = LuConfig {
+            name: name.into(),
+            naa_id: LuConfig::naa_id_for(name),
+            target_name: format!("iqn.t:{name}"),
+            ..lu().config().clone()
+        };
+        let opts = crate::scsi::LuOptions {
+            read_only,
+            ..Default::default()
+        };
+        LogicalUnit::with_options(cfg, BackingStore::memory(1024 * u64::from(BS)), opts).unwrap()
+    }
+
+    /// The E4h CSCD descriptor naming `d` by the first designator of its VPD 0x83.
+    async fn cscd_for(d: &Device, n: &Nexus) -> Vec<u8> {
+        let r = exec(d, n, &[0x12, 1, 0x83, 0x04, 0, 0], &[]).await;
+        let id = xcopy::lu_designators(&r.data_in).remove(0);
+        let mut c = vec![0u8; 32];
+        c[0] = 0xe4;
+        c[4] = id.code_set;
+        c[5] = id.designator_type;
+        c[7] = id.id.len() as u8;
+        c[8..8 + id.id.len()].copy_from_slice(&id.id);
+        c[29..32].copy_from_slice(&BS.to_be_bytes()[1..]);
+        c
+    }
+
+    /// An EXTENDED COPY(LID1) CDB and parameter list: LIST ID USAGE 00b, one
+    /// block-to-block segment per (src, dst, blocks, src_lba, dst_lba).
+    fn xcopy_cmd(
+        list_id: u8,
+        cscds: &[Vec<u8>],
+        segs: &[(u16, u16, u16, u64, u64)],
+    ) -> ([u8; 16], Vec<u8>) {
+        let c = cscds.concat();
+        let mut s = Vec::new();
+        for &(src, dst, blocks, src_lba, dst_lba) in segs {
+            let mut d = vec![0u8; 28];
+            d[0] = 0x02;
+            d[3] = 24;
+            d[4..6].copy_from_slice(&src.to_be_bytes());
+            d[6..8].copy_from_slice(&dst.to_be_bytes());
+            d[10..12].copy_from_slice(&blocks.to_be_bytes());
+            d[12..20].copy_from_slice(&src_lba.to_be_bytes());
+            d[20..28].copy_from_slice(&dst_lba.to_be_bytes());
+            s.extend_from_slice(&d);
+        }
+        let mut p = vec![0u8; 16];
+        p[0] = list_id;
+        p[2..4].copy_from_slice(&(c.len() as u16).to_be_bytes());
+        p[8..12].copy_from_slice(&(s.len() as u32).to_be_bytes());
+        p.extend_from_slice(&c);
+        p.extend_from_slice(&s);
+        let mut cdb = [0u8; 16];
+        cdb[0] = xcopy::EXTENDED_COPY;
+        cdb[10..14].copy_from_slice(&(p.len() as u32).to_be_bytes());
+        (cdb, p)
+    }
+
+    fn write10(lba: u32, fill: u8, blocks: u16) -> ([u8; 10], Vec<u8>) {
+        let mut cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        (cdb, vec![fill; usize::from(blocks) * BS as usize])
+    }
+
+    async fn read10(d: &Device, n: &Nexus, lba: u32, blocks: u16) -> Bytes {
+        let mut cdb = [0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let r = exec(d, n, &cdb, &[]).await;
+        assert_eq!(r.status, status::GOOD);
+        r.data_in
+    }
+
+    fn copy_status_cdb(sa: u8, list_id: u8) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[0] = xcopy::RECEIVE_COPY_RESULTS;
+        c[1] = sa;
+        c[2] = list_id;
+        c[10..14].copy_from_slice(&1024u32.to_be_bytes());
+        c
+    }
+
+    #[tokio::test]
+    async fn extended_copy_within_a_volume_copies_and_reports_its_status_once() {
+        let d = Device::new(lu());
+        let a = nexus("iqn.a", 1);
+        let (w, data) = write10(0, 0xa5, 4);
+        assert_eq!(exec(&d, &a, &w, &data).await.status, status::GOOD);
+        let c = cscd_for(&d, &a).await;
+        let (cdb, p) = xcopy_cmd(7, &[c], &[(0, 0, 4, 0, 100)]);
+        assert_eq!(exec(&d, &a, &cdb, &p).await.status, status::GOOD);
+        assert_eq!(read10(&d, &a, 100, 4).await, Bytes::from(data));
+        // COPY STATUS: completed, 1 segment, 2048 bytes; then discarded.
+        let r = exec(&d, &a, &copy_status_cdb(0, 7), &[]).await;
+        assert_eq!(r.status, status::GOOD);
+        assert_eq!(&r.data_in[4..12], &[0x01, 0, 1, 0, 0, 0, 0x08, 0x00]);
+        let r = exec(&d, &a, &copy_status_cdb(0, 7), &[]).await;
+        assert_eq!(r.status, status::CHECK_CONDITION);
+        // Another nexus never sees this nexus's list identifiers.
+        let (cdb, p) = xcopy_cmd(8, &[cscd_for(&d, &a).await], &[(0, 0, 1, 0, 1)]);
+        assert_eq!(exec(&d, &a, &cdb, &p).await.status, status::GOOD);
+        let b = nexus("iqn.b", 2);
+        let r = exec(&d, &b, &copy_status_cdb(0, 8), &[]).await;
+        assert_eq!(r.status, status::CHECK_CONDITION);
+        // OPERATING PARAMETERS need no copy at all.
+        let r = exec(&d, &b, &copy_status_cdb(3, 0), &[]).await;
+        assert_eq!(r.status, status::GOOD);
+        assert_eq!(r.data_in.len(), 46);
+    }
+
+    #[tokio::test]
+    async fn overlapping_copy_within_a_volume_behaves_like_memmove() {
+        let a = nexus("iqn.a", 1);
+        // 3000 blocks of a per-block pattern: more than one chunk, copied 7 blocks
+        // further on, so source and destination overlap by most of the range.
+        let blocks: u16 = 3000;
+        let d2 = Device::new(
+            LogicalUnit::new(
+                lu().config().clone(),
+                BackingStore::memory(4096 * u64::from(BS)),
+            )
+            .unwrap(),
+        );
+        let mut data = Vec::new();
+        for i in 0..u32::from(blocks) {
+            data.extend(std::iter::repeat_n((i % 251) as u8, BS as usize));
+        }
+        let mut w = [0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        w[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let r = d2
+            .execute(
+                &a,
+                ScsiRequest {
+                    cdb: Bytes::copy_from_slice(&w),
+                    lun: 0,
+                    data_out: Bytes::from(data.clone()),
+                    expected_len: data.len() as u32,
+                },
+            )
+            .await;
+        assert_eq!(r.status, status::GOOD);
+        let c = cscd_for(&d2, &a).await;
+        let (cdb, p) = xcopy_cmd(1, &[c], &[(0, 0, blocks, 0, 7)]);
+        assert_eq!(exec(&d2, &a, &cdb, &p).await.status, status::GOOD);
+        let mut cdb = [0x28, 0, 0, 0, 0, 7, 0, 0, 0, 0];
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let r = d2
+            .execute(
+                &a,
+                ScsiRequest {
+                    cdb: Bytes::copy_from_slice(&cdb),
+                    lun: 0,
+                    data_out: Bytes::new(),
+                    expected_len: data.len() as u32,
+                },
+            )
+            .await;
+        assert!(r.data_in == data, "copied range differs from the original");
+    }
+
+    #[tokio::test]
+    async fn extended_copy_between_volumes_goes_through_the_copy_manager() {
+        let (t, u) = (
+            Arc::new(Device::new(lu_named("t", false))),
+            Arc::new(Device::new(lu_named("u", false))),
+        );
+        let a = nexus("iqn.a", 1);
+        let (w, data) = write10(10, 0x3c, 2);
+        assert_eq!(exec(&t, &a, &w, &data).await.status, status::GOOD);
+        let (ct, cu) = (cscd_for(&t, &a).await, cscd_for(&u, &a).await);
+        assert_ne!(ct, cu);
+        // Not registered: u is not reachable from t.
+        let (cdb, p) = xcopy_cmd(1, &[ct.clone(), cu.clone()], &[(0, 1, 2, 10, 20)]);
+        let r = exec(&t, &a, &cdb, &p).await;
+        let s = r.sense_data().unwrap();
+        assert_eq!(
+            (s.key, s.asc),
+            (
+                xcopy::KEY_COPY_ABORTED,
+                xcopy::asc::COPY_TARGET_DEVICE_NOT_REACHABLE
+            )
+        );
+        let m = CopyManager::new();
+        m.register(&t);
+        m.register(&u);
+        assert_eq!(exec(&t, &a, &cdb, &p).await.status, status::GOOD);
+        assert_eq!(read10(&u, &a, 20, 2).await, Bytes::from(data.clone()));
+        // Sent to u, copying from t to u (u names itself through its own designator).
+        let (cdb, p) = xcopy_cmd(2, &[cu.clone(), ct.clone()], &[(1, 0, 2, 10, 30)]);
+        assert_eq!(exec(&u, &a, &cdb, &p).await.status, status::GOOD);
+        assert_eq!(read10(&u, &a, 30, 2).await, Bytes::from(data));
+        // A capacity overrun on the other volume aborts the copy before any write.
+        let (cdb, p) = xcopy_cmd(3, &[ct, cu], &[(0, 1, 1, 0, 0), (0, 1, 2, 0, 1023)]);
+        let r = exec(&t, &a, &cdb, &p).await;
+        assert_eq!(r.sense_data().unwrap().key, xcopy::KEY_COPY_ABORTED);
+        assert_eq!(
+            read10(&u, &a, 0, 1).await,
+            Bytes::from(vec![0u8; BS as usize])
+        );
+        // Its failure is kept for FAILED SEGMENT DETAILS.
+        let r = exec(&t, &a, &copy_status_cdb(4, 3), &[]).await;
+        assert_eq!(r.status, status::GOOD);
+        assert_eq!(r.data_in[56], 0x02);
+    }
+
+    #[tokio::test]
+    async fn extended_copy_respects_the_copy_targets_reservations_and_write_protection() {
+        let (t, u, ro) = (
+            Arc::new(Device::new(lu_named("t", false))),
+            Arc::new(Device::new(lu_named("u", false))),
+            Arc::new(Device::new(lu_named("ro", true))),
+        );
+        let m = CopyManager::new();
+        for d in [&t, &u, &ro] {
+            m.register(d);
+        }
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        let (ct, cu, cro) = (
+            cscd_for(&t, &a).await,
+            cscd_for(&u, &a).await,
+            cscd_for(&ro, &a).await,
+        );
+        // b holds an SPC-2 reservation of u (on u's target port).
+        let on_u = Nexus::new("iqn.b", 2, "iqn.t:u", 1, 1);
+        assert_eq!(exec(&u, &on_u, &RESERVE6, &[]).await.status, status::GOOD);
+        let (cdb, p) = xcopy_cmd(1, &[ct.clone(), cu.clone()], &[(0, 1, 1, 0, 0)]);
+        assert_eq!(
+            exec(&t, &a, &cdb, &p).await.status,
+            status::RESERVATION_CONFLICT
+        );
+        // The holder itself may copy into it.
+        assert_eq!(exec(&t, &b, &cdb, &p).await.status, status::GOOD);
+        // A read-only destination is DATA PROTECT, as for a WRITE.
+        let (cdb, p) = xcopy_cmd(2, &[ct, cro], &[(0, 1, 1, 0, 0)]);
+        let s = exec(&t, &a, &cdb, &p).await.sense_data().unwrap();
+        assert_eq!((s.key, s.asc), (key::DATA_PROTECT, Asc::WRITE_PROTECTED));
+    }
+
+    #[tokio::test]
+    async fn report_target_port_groups_lists_one_active_optimized_group_in_both_formats() {
+        let d = Device::new(lu());
+        let a = nexus("iqn.a", 1);
+        let rtpg = |format: u8, alloc: u32| {
+            let mut c = [0xa3, (format << 5) | 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            c[6..10].copy_from_slice(&alloc.to_be_bytes());
+            c
+        };
+        let r = exec(&d, &a, &rtpg(0, 256), &[]).await;
+        assert_eq!(r.status, status::GOOD);
+        assert_eq!(
+            &r.data_in[..],
+            &[0, 0, 0, 12, 0x80, 0x01, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+        );
+        let r = exec(&d, &a, &rtpg(1, 256), &[]).await;
+        assert_eq!(&r.data_in[..8], &[0, 0, 0, 16, 0x10, 0, 0, 0]);
+        assert_eq!(&r.data_in[8..], &[0x80, 0x01, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]);
+        // Short allocation lengths truncate; other formats are refused.
+        assert_eq!(exec(&d, &a, &rtpg(0, 4), &[]).await.data_in.len(), 4);
+        assert_eq!(
+            exec(&d, &a, &rtpg(2, 256), &[]).await.status,
+            status::CHECK_CONDITION
+        );
+        // The standard INQUIRY says implicit ALUA (TPGS 01b) and 3PC.
+        let r = exec(&d, &a, &INQUIRY, &[]).await;
+        assert_eq!(r.data_in[5] & 0x38, 0x18);
+    }
+
+    #[tokio::test]
+    async fn report_supported_opcodes_lists_the_device_layer_commands() {
+        let d = Device::new(lu());
+        let a = nexus("iqn.a", 1);
+        for (opcode, sa) in [
+            (0x83u8, 0u16),
+            (0x84, 0),
+            (0x84, 3),
+            (0xa3, 0x0a),
+            (0x5e, 0),
+        ] {
+            let mut c = [0xa3, 0x0c, 0x02, opcode, 0, 0, 0, 0, 0, 0, 0, 0];
+            c[4..6].copy_from_slice(&sa.to_be_bytes());
+            c[6..10].copy_from_slice(&512u32.to_be_bytes());
+            let r = exec(&d, &a, &c, &[]).await;
+            assert_eq!(r.status, status::GOOD);
+            assert_eq!(r.data_in[1] & 0x07, 0b011, "{opcode:#x}/{sa:#x} supported");
+        }
     }
 }

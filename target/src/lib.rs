@@ -8,6 +8,8 @@
 //! - [`pr`]: persistent reservations (pure logic: registrations, PRIN/PROUT data,
 //!   TransportIDs, conflict rules).
 //! - [`ua`]: unit attention queues per I_T nexus.
+//! - [`xcopy`]: EXTENDED COPY and RECEIVE COPY RESULTS (parameter lists, limits,
+//!   copy results, the registry of volumes a copy can reach).
 //! - [`login`]: the target side of login (pure logic over the proto negotiator).
 //! - [`session`]: the CmdSN window, TSIH assignment and session reinstatement.
 //! - [`scsi`]: the SCSI block device (logical unit) that executes CDBs.
@@ -24,3 +26,4 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod ua;
+pub mod xcopy;

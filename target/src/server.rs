@@ -95,6 +95,11 @@ pub fn open_exports(settings: &Settings) -> Result<HashMap<String, Export>> {
             },
         );
     }
+    // EXTENDED COPY between volumes: each device reaches the others through this.
+    let copy_manager = crate::xcopy::CopyManager::new();
+    for e in exports.values() {
+        copy_manager.register(&e.device);
+    }
     Ok(exports)
 }
 

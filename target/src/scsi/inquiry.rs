@@ -22,6 +22,10 @@ const VERSION_SPC4: u8 = 0x06;
 const HISUP_FORMAT2: u8 = 0x12;
 /// Byte 7: CMDQUE, full task management model.
 const CMDQUE: u8 = 0x02;
+/// Byte 5: TPGS 01b, implicit ALUA only (REPORT TARGET PORT GROUPS, no SET TARGET
+/// PORT GROUPS; SPC-4 §6.6.2), and 3PC, a copy manager (EXTENDED COPY, SPC-4 §5.17).
+/// Both are commands of the device layer above (`device.rs`, `xcopy.rs`).
+const TPGS_IMPLICIT_3PC: u8 = 0x10 | 0x08;
 /// Version descriptors (SPC-4 Table 144): SAM-5, iSCSI, SPC-4, SBC-3. libiscsi detects
 /// SBC-3 support through 0x04C0.
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0960, 0x0460, 0x04c0];
@@ -80,6 +84,7 @@ pub(super) fn standard(cfg: &LuConfig, peripheral: u8) -> Vec<u8> {
     d[2] = VERSION_SPC4;
     d[3] = HISUP_FORMAT2;
     d[4] = (STANDARD_LEN - 5) as u8;
+    d[5] = TPGS_IMPLICIT_3PC;
     d[7] = CMDQUE;
     d[8..16].copy_from_slice(&ascii_field(&cfg.vendor, 8));
     d[16..32].copy_from_slice(&ascii_field(&cfg.product, 16));

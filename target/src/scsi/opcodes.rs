@@ -26,8 +26,9 @@ pub struct Command {
     pub thin_only: bool,
 }
 
-/// PERSISTENT RESERVE IN/OUT (every service action) and RESERVE/RELEASE(6/10): the
-/// commands the nexus-aware layer above the logical unit (`device.rs`) executes.
+/// PERSISTENT RESERVE IN/OUT (every service action), RESERVE/RELEASE(6/10), EXTENDED
+/// COPY(LID1), RECEIVE COPY RESULTS and REPORT TARGET PORT GROUPS: the commands the
+/// nexus-aware layer above the logical unit (`device.rs`, `xcopy.rs`) executes.
 /// That layer reports them through [`LogicalUnit::with_reported_commands`].
 ///
 /// [`LogicalUnit::with_reported_commands`]: super::LogicalUnit::with_reported_commands
@@ -79,6 +80,50 @@ pub const RESERVATION_COMMANDS: &[Command] = &[
         0x5f,
         0x07,
         &[0x5f, 0x07, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    // EXTENDED COPY(LID1): PARAMETER LIST LENGTH.
+    sa_cmd(
+        0x83,
+        0x00,
+        &[
+            0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    // RECEIVE COPY RESULTS: LIST IDENTIFIER (not for OPERATING PARAMETERS) and
+    // ALLOCATION LENGTH.
+    sa_cmd(
+        0x84,
+        0x00,
+        &[
+            0x84, 0x00, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    sa_cmd(
+        0x84,
+        0x01,
+        &[
+            0x84, 0x01, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    sa_cmd(
+        0x84,
+        0x03,
+        &[
+            0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    sa_cmd(
+        0x84,
+        0x04,
+        &[
+            0x84, 0x04, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    // REPORT TARGET PORT GROUPS: PARAMETER DATA FORMAT, ALLOCATION LENGTH.
+    sa_cmd(
+        0xa3,
+        0x0a,
+        &[0xa3, 0xea, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
     ),
 ];
 
