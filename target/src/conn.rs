@@ -231,6 +231,12 @@ impl Conn {
                     self.send(Pdu::new(Bhs::LoginResponse(number(r)), body), false)
                         .await?;
                 }
+                LoginStep::Redirect(r, body) => {
+                    info!(peer = %self.peer, "login redirected: {}", String::from_utf8_lossy(&body).trim_end_matches('\0'));
+                    self.send(Pdu::new(Bhs::LoginResponse(number(r)), body), false)
+                        .await?;
+                    return Err(ConnError::Stopped("login redirected"));
+                }
                 LoginStep::Fail(r, why) => {
                     warn!(peer = %self.peer, "login refused: {why}");
                     self.send(Pdu::new(Bhs::LoginResponse(number(r)), Bytes::new()), false)
@@ -334,8 +340,8 @@ impl Conn {
             &result.initiator_name,
             result.isid,
             result.target_name.as_deref().unwrap_or(""),
-            crate::server::PORTAL_GROUP_TAG,
-            crate::server::RELATIVE_PORT,
+            self.target.identity.tpgt,
+            self.target.identity.relative_port,
         ));
         if let Some(d) = &lu {
             // From now on resets and reservation changes queue unit attentions for it.
@@ -607,19 +613,19 @@ impl Conn {
                 });
                 for name in names {
                     out.push(("TargetName".to_string(), name.clone()));
-                    for addr in &self.target.bound {
-                        let ip = if addr.ip().is_unspecified() {
-                            self.local.map(|l| l.ip()).unwrap_or(addr.ip())
+                    for (addr, tpgt) in self.target.portals.list() {
+                        // A wildcard portal is reported as the address this
+                        // connection reached us on.
+                        let addr = if addr.ip().is_unspecified() {
+                            self.local
+                                .map(|l| SocketAddr::new(l.ip(), addr.port()))
+                                .unwrap_or(addr)
                         } else {
-                            addr.ip()
-                        };
-                        let host = match ip {
-                            std::net::IpAddr::V4(v4) => v4.to_string(),
-                            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                            addr
                         };
                         out.push((
                             "TargetAddress".to_string(),
-                            format!("{host}:{},{}", addr.port(), crate::server::PORTAL_GROUP_TAG),
+                            crate::cluster::portals::target_address(addr, tpgt),
                         ));
                     }
                 }

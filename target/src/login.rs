@@ -4,9 +4,12 @@
 //! session parameters. No sockets: the connection drives it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use mosaic_proto::chap::{ChapConfig, TargetChap, CHALLENGE_LEN};
+
+use crate::cluster::portals::PortalLoad;
 use mosaic_proto::negotiate::{
     NegotiationError, Negotiator, SessionParams, SessionType, Stage, TargetLimits,
 };
@@ -39,6 +42,9 @@ pub struct LoginTarget {
     pub discovery_chap: Option<ChapConfig>,
     /// Per target IQN: CHAP and the initiators allowed in.
     pub access: HashMap<String, TargetAccess>,
+    /// At a cluster's group portal: Normal logins are redirected to the portal this
+    /// picks (RFC 7143 §11.13.5, "Target moved temporarily").
+    pub redirect: Option<Arc<PortalLoad>>,
 }
 
 /// Who may log in to one target, and how they prove it.
@@ -74,6 +80,9 @@ pub enum LoginStep {
     Complete(LoginResponse, Bytes, Box<LoginResult>),
     /// Send the response (a failure status) and close the connection.
     Fail(LoginResponse, String),
+    /// Send the response (Target moved temporarily, with the TargetAddress to use)
+    /// and close the connection; the initiator logs in there.
+    Redirect(LoginResponse, Bytes),
 }
 
 /// The login state of one connection.
@@ -369,6 +378,14 @@ impl TargetLogin {
                 ));
             }
             self.chap = access.chap.clone().map(|c| self.new_chap(c));
+            if let Some(address) = self.target.redirect.as_ref().and_then(|r| r.choose()) {
+                let mut r = self.response(req);
+                r.status_class = login_status::TARGET_MOVED_TEMPORARILY.0;
+                r.status_detail = login_status::TARGET_MOVED_TEMPORARILY.1;
+                r.transit = false;
+                let body = text::encode(&[("TargetAddress", address.as_str())]).unwrap_or_default();
+                return Err(LoginStep::Redirect(r, body));
+            }
             self.target_name = Some(name);
         } else {
             self.chap = self.target.discovery_chap.clone().map(|c| self.new_chap(c));
@@ -415,6 +432,7 @@ mod tests {
             limits: TargetLimits::default(),
             discovery_chap: None,
             access: HashMap::new(),
+            redirect: None,
         }
     }
 
@@ -698,6 +716,41 @@ mod tests {
             (r.status_class, r.status_detail),
             login_status::AUTHORIZATION_FAILURE
         );
+    }
+
+    #[test]
+    fn group_portal_redirects_normal_logins_but_serves_discovery() {
+        let mut t = target();
+        t.redirect = Some(Arc::new(PortalLoad::new([(
+            "127.0.2.1:3260".parse().unwrap(),
+            2,
+            2,
+        )])));
+        let mut l = TargetLogin::new(t.clone(), seed());
+        let step = l.handle(
+            &req(0, 1, true),
+            &kv(&[
+                ("InitiatorName", "iqn.x"),
+                ("TargetName", "iqn.2026-11.io.mosaic:demo"),
+            ]),
+        );
+        let LoginStep::Redirect(r, body) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(
+            (r.status_class, r.status_detail),
+            login_status::TARGET_MOVED_TEMPORARILY
+        );
+        assert_eq!(
+            answer(&body),
+            vec![("TargetAddress".into(), "127.0.2.1:3260,2".into())]
+        );
+        let mut d = TargetLogin::new(t, seed());
+        let step = d.handle(
+            &req(1, 3, true),
+            &kv(&[("InitiatorName", "iqn.x"), ("SessionType", "Discovery")]),
+        );
+        assert!(matches!(step, LoginStep::Complete(..)), "{step:?}");
     }
 
     #[test]

@@ -11,10 +11,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
+use crate::cluster::portals::PortalLoad;
 use crate::config::{Backing, Settings};
 use crate::device::Device;
 use crate::login::{LoginTarget, TargetAccess};
-use crate::scsi::{LogicalUnit, LuConfig};
+use crate::scsi::{LogicalUnit, LuConfig, LuOptions};
 use crate::session::SessionRegistry;
 use crate::store::BackingStore;
 
@@ -23,7 +24,7 @@ use crate::store::BackingStore;
 const CONNECTIONS_PER_SESSION: u32 = 2;
 
 /// One exported volume.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Export {
     pub iqn: String,
     pub device: Arc<Device>,
@@ -39,6 +40,41 @@ pub struct Target {
     pub login: LoginTarget,
     /// Addresses actually bound (for SendTargets and tests using port 0).
     pub bound: Vec<SocketAddr>,
+    /// This node's target portal group tag and relative target port.
+    pub identity: NodeIdentity,
+    /// Every portal SendTargets reports (in a cluster, every node's), with its
+    /// load for the group portal's redirects.
+    pub portals: Arc<PortalLoad>,
+}
+
+/// What makes one node distinct to initiators: its portal group and target port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// Target portal group tag (RFC 7143 §13.9): one group per node.
+    pub tpgt: u16,
+    /// Relative target port identifier (SPC-4 VPD 0x83): one port per node.
+    pub relative_port: u16,
+}
+
+impl NodeIdentity {
+    /// A stand-alone target: group 1, port 1.
+    pub const SINGLE: NodeIdentity = NodeIdentity {
+        tpgt: PORTAL_GROUP_TAG,
+        relative_port: RELATIVE_PORT,
+    };
+}
+
+/// How a node's server is put together (a stand-alone target, or one node of a
+/// cluster, or the cluster's group portal).
+#[derive(Debug)]
+pub struct NodeSpec {
+    pub settings: Settings,
+    pub exports: HashMap<String, Export>,
+    pub identity: NodeIdentity,
+    /// The cluster's portals; `None` for a stand-alone target (its own bound ones).
+    pub portals: Option<Arc<PortalLoad>>,
+    /// Redirect Normal logins (the group portal).
+    pub redirect: bool,
 }
 
 /// Our target portal group tag: a single node is a single portal group.
@@ -59,41 +95,21 @@ pub fn open_exports(settings: &Settings) -> Result<HashMap<String, Export>> {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating data directory {}", dir.display()))?;
                 }
-                BackingStore::open_file(&v.path, v.size)
-                    .with_context(|| format!("volume {}: opening {}", v.name, v.path.display()))?
+                let opened = BackingStore::open_file(&v.path, v.size);
+                if v.read_only {
+                    // Created (sparse) if missing above; served without write access.
+                    drop(opened);
+                    BackingStore::open_file_read_only(&v.path, v.size)
+                } else {
+                    opened
+                }
+                .with_context(|| format!("volume {}: opening {}", v.name, v.path.display()))?
             }
             Backing::Memory => BackingStore::memory(v.size),
         };
-        let lu = LogicalUnit::new(
-            LuConfig {
-                name: v.name.clone(),
-                block_size: v.block_size,
-                serial: format!("MOSAIC{:010}", stable_hash(&v.iqn) % 10_000_000_000),
-                naa_id: stable_hash(&v.iqn),
-                vendor: "MOSAIC".into(),
-                product: "Mosaic volume".into(),
-                revision: "0001".into(),
-                target_name: v.iqn.clone(),
-                relative_port: RELATIVE_PORT,
-                tpg: PORTAL_GROUP_TAG,
-            },
-            store,
-        )
-        .with_context(|| format!("volume {} (volumes[{i}])", v.name))?;
-        exports.insert(
-            v.iqn.clone(),
-            Export {
-                iqn: v.iqn.clone(),
-                // Reservations with APTPL survive restarts in this file.
-                device: Arc::new(
-                    Device::with_aptpl_file(
-                        lu,
-                        Some(settings.data_dir.join(format!("{}.pr.toml", v.name))),
-                    )
-                    .with_context(|| format!("volume {}: reservations", v.name))?,
-                ),
-            },
-        );
+        let export = build_export(settings, v, store, NodeIdentity::SINGLE)
+            .with_context(|| format!("volume {} (volumes[{i}])", v.name))?;
+        exports.insert(v.iqn.clone(), export);
     }
     // EXTENDED COPY between volumes: each device reaches the others through this.
     let copy_manager = crate::xcopy::CopyManager::new();
@@ -101,6 +117,46 @@ pub fn open_exports(settings: &Settings) -> Result<HashMap<String, Export>> {
         copy_manager.register(&e.device);
     }
     Ok(exports)
+}
+
+/// The logical unit and device of one volume over `store`, as node `identity`
+/// exports it. Every node of a cluster builds the same identity (NAA, serial) for
+/// a volume, so multipath groups the paths; the port and group differ per node.
+pub fn build_export(
+    settings: &Settings,
+    v: &crate::config::Volume,
+    store: BackingStore,
+    identity: NodeIdentity,
+) -> Result<Export> {
+    let lu = LogicalUnit::with_options(
+        LuConfig {
+            name: v.name.clone(),
+            block_size: v.block_size,
+            serial: format!("MOSAIC{:010}", stable_hash(&v.iqn) % 10_000_000_000),
+            naa_id: stable_hash(&v.iqn),
+            vendor: "MOSAIC".into(),
+            product: "Mosaic volume".into(),
+            revision: "0001".into(),
+            target_name: v.iqn.clone(),
+            relative_port: identity.relative_port,
+            tpg: identity.tpgt,
+        },
+        store,
+        LuOptions {
+            thin: v.thin,
+            read_only: v.read_only,
+        },
+    )?;
+    // Reservations with APTPL survive restarts in this file.
+    let device = Device::with_aptpl_file(
+        lu,
+        Some(settings.data_dir.join(format!("{}.pr.toml", v.name))),
+    )
+    .context("reservations")?;
+    Ok(Export {
+        iqn: v.iqn.clone(),
+        device: Arc::new(device),
+    })
 }
 
 /// FNV-1a: a hash that stays the same across runs and builds, so a volume keeps
@@ -136,9 +192,28 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the volumes and binds every portal.
+    /// Opens the volumes and binds every portal: a stand-alone target.
     pub async fn bind(settings: Settings) -> Result<Server> {
         let exports = open_exports(&settings)?;
+        Server::bind_node(NodeSpec {
+            settings,
+            exports,
+            identity: NodeIdentity::SINGLE,
+            portals: None,
+            redirect: false,
+        })
+        .await
+    }
+
+    /// Binds the portals of one node with the given exports.
+    pub async fn bind_node(spec: NodeSpec) -> Result<Server> {
+        let NodeSpec {
+            settings,
+            exports,
+            identity,
+            portals,
+            redirect,
+        } = spec;
         let mut listeners = Vec::new();
         let mut bound = Vec::new();
         for p in &settings.portals {
@@ -148,9 +223,14 @@ impl Server {
             bound.push(l.local_addr()?);
             listeners.push(l);
         }
+        let portals = portals.unwrap_or_else(|| {
+            Arc::new(PortalLoad::new(
+                bound.iter().map(|a| (*a, identity.tpgt, 0)),
+            ))
+        });
         let login = LoginTarget {
             target_names: exports.keys().cloned().collect(),
-            portal_group_tag: PORTAL_GROUP_TAG,
+            portal_group_tag: identity.tpgt,
             limits: target_limits(&settings),
             discovery_chap: settings.discovery_chap.clone(),
             access: settings
@@ -166,6 +246,7 @@ impl Server {
                     )
                 })
                 .collect(),
+            redirect: redirect.then(|| portals.clone()),
         };
         let target = Arc::new(Target {
             settings,
@@ -173,6 +254,8 @@ impl Server {
             registry: Arc::new(SessionRegistry::default()),
             login,
             bound,
+            identity,
+            portals,
         });
         Ok(Server { target, listeners })
     }
@@ -211,8 +294,10 @@ impl Server {
                         Ok((stream, peer)) => {
                             let target = target.clone();
                             let shutdown = shutdown.clone();
+                            let counted = target.portals.connected(addr);
                             tokio::spawn(async move {
                                 crate::conn::serve(target, stream, peer, shutdown).await;
+                                drop(counted);
                                 drop(permit);
                             });
                         }

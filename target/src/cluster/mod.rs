@@ -2,5 +2,6 @@
 //! clustered I/O path.
 
 pub mod link;
+pub mod portals;
 pub mod state;
 pub mod store;
