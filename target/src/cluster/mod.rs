@@ -1,6 +1,7 @@
 //! The cluster: shared state in the coordinator, the inter-node link, and the
 //! clustered I/O path.
 
+pub mod lab;
 pub mod link;
 pub mod portals;
 pub mod state;

@@ -1,0 +1,185 @@
+//! The lab cluster (`mosaic lab`) against real clients: three nodes in one process,
+//! a volume spread over all of them by pages, any node serving any block.
+//!
+//! - qemu-img writes a 256 MiB random image through node 1; `qemu-img compare`
+//!   through nodes 2 and 3 (and through the group portal, which redirects the
+//!   login) finds it identical.
+//! - Discovery at the group portal lists every portal of every node, each with its
+//!   node's portal group tag; a login there ends on a redirected node portal.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use mosaic_tests::server::Mosaic;
+use mosaic_tests::tools::{self, RunOutput};
+
+const TOOL_LIMIT: Duration = Duration::from_secs(300);
+const NODES: u32 = 3;
+const NICS: u8 = 2;
+const IMAGE_BYTES: usize = 256 << 20;
+
+/// A port free on every lab address (node portals and, one higher, links).
+fn lab_port() -> u16 {
+    'next: for _ in 0..50 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        if port == u16::MAX {
+            continue;
+        }
+        for node in 1..=NODES {
+            for nic in 1..=NICS {
+                for p in [port, port + 1] {
+                    let a: SocketAddr = ([127, 0, node as u8, nic], p).into();
+                    if TcpListener::bind(a).is_err() {
+                        continue 'next;
+                    }
+                }
+            }
+        }
+        return port;
+    }
+    panic!("no free port on the lab addresses");
+}
+
+fn start_lab() -> (Mosaic, u16, SocketAddr) {
+    let port = lab_port();
+    let group: SocketAddr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free group port");
+    let args: Vec<String> = [
+        "lab",
+        "--port",
+        &port.to_string(),
+        "--group-portal",
+        &group.to_string(),
+        "--data-dir",
+        "data",
+        "--volume",
+        "name=lv,size=256M,backing=file",
+        "--log",
+        "info",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let lab =
+        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
+    (lab, port, group)
+}
+
+fn ok(out: RunOutput, what: &str) -> RunOutput {
+    assert!(out.success(), "{what} failed:\n{}", out.both());
+    out
+}
+
+#[test]
+fn lab_cluster_serves_the_same_bytes_through_every_node() {
+    let test = "lab_cluster_serves_the_same_bytes_through_every_node";
+    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+        eprintln!("{test}: skipped against an external target");
+        return;
+    }
+    let Some(qemu) = tools::qemu_img_with_iscsi() else {
+        tools::skip_or_fail(test, "no qemu-img with the iSCSI driver");
+        return;
+    };
+    let Some(ls) = tools::require(test, "iscsi-ls", "libiscsi-bin") else {
+        return;
+    };
+    let (mut lab, port, group) = start_lab();
+    let iqn = "iqn.2026-11.io.mosaic:lv";
+    let url = |addr: String| format!("iscsi://{addr}/{iqn}/0");
+
+    // Discovery at the group portal: every portal of every node, with its group.
+    let disc = ok(
+        tools::run(
+            Command::new(&ls).arg(format!("iscsi://{group}")),
+            TOOL_LIMIT,
+        ),
+        "iscsi-ls at the group portal",
+    );
+    for node in 1..=NODES {
+        for nic in 1..=NICS {
+            let want = format!("127.0.{node}.{nic}:{port},{node}");
+            assert!(
+                disc.both().contains(&want),
+                "{want} missing from:\n{}",
+                disc.both()
+            );
+        }
+    }
+
+    // 256 MiB of random data through node 1.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("random.img");
+    let mut data = vec![0u8; IMAGE_BYTES];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&image, &data).expect("write image");
+    let image = image.to_str().expect("utf-8").to_string();
+    ok(
+        tools::run(
+            qemu.command().args([
+                "convert",
+                "-n",
+                "-f",
+                "raw",
+                "-O",
+                "raw",
+                &image,
+                &url(format!("127.0.1.1:{port}")),
+            ]),
+            TOOL_LIMIT,
+        ),
+        "qemu-img convert into node 1",
+    );
+    // The same bytes through the other nodes and through the group portal.
+    for addr in [
+        format!("127.0.2.1:{port}"),
+        format!("127.0.3.2:{port}"),
+        group.to_string(),
+    ] {
+        let out = ok(
+            tools::run(
+                qemu.command().args([
+                    "compare",
+                    "-f",
+                    "raw",
+                    "-F",
+                    "raw",
+                    &image,
+                    &url(addr.clone()),
+                ]),
+                TOOL_LIMIT,
+            ),
+            &format!("qemu-img compare through {addr}"),
+        );
+        assert!(out.both().contains("identical"), "{addr}: {}", out.both());
+    }
+
+    lab.assert_alive("after the cluster I/O");
+    let log = lab.log();
+    assert!(
+        log.contains("login redirected"),
+        "group portal redirected:\n{log}"
+    );
+    // Pages are spread: the banner lists primaries on every node.
+    let line = log
+        .lines()
+        .find(|l| l.contains("primaries per node"))
+        .expect("volume line in the banner");
+    for node in 1..=NODES {
+        assert!(
+            line.contains(&format!("{node}: ")),
+            "node {node} owns pages: {line}"
+        );
+    }
+}
