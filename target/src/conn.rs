@@ -196,7 +196,10 @@ impl Conn {
             .map_err(|e| ConnError::Protocol(format!("no randomness for CHAP: {e}")))?;
         let mut challenge = [0u8; mosaic_proto::chap::CHALLENGE_LEN];
         challenge.copy_from_slice(&seed[1..]);
-        let mut login = TargetLogin::new(self.target.login.clone(), (seed[0], challenge));
+        let mut login_target = self.target.login.clone();
+        // Volumes may have come or gone since the server started.
+        login_target.target_names = self.target.exports.names();
+        let mut login = TargetLogin::new(login_target, (seed[0], challenge));
         let mut first = true;
         loop {
             let pdu = match self.read_pdu().await? {
@@ -598,11 +601,12 @@ impl Conn {
         let mut out = Vec::new();
         for (k, v) in keys {
             if k == "SendTargets" {
+                let all = self.target.exports.names();
                 let mut names: Vec<&String> = match (s.kind, v.as_str()) {
-                    (SessionType::Discovery, "All") => self.target.exports.keys().collect(),
+                    (SessionType::Discovery, "All") => all.iter().collect(),
                     // In a Normal session only the session's own target is reported.
                     (SessionType::Normal, "" | "All") => s.target_name.iter().collect(),
-                    (_, name) => self.target.exports.keys().filter(|t| *t == name).collect(),
+                    (_, name) => all.iter().filter(|t| *t == name).collect(),
                 };
                 names.sort();
                 // Only the targets this initiator may log in to (RFC 7143 §13.3).
@@ -676,7 +680,7 @@ impl Conn {
                         ResetKind::TargetWarm
                     };
                     // A target reset reaches every logical unit of the target.
-                    for e in self.target.exports.values() {
+                    for e in self.target.exports.all() {
                         e.device.reset(kind, &s.nexus);
                     }
                     tmf_response::COMPLETE

@@ -30,12 +30,49 @@ pub struct Export {
     pub device: Arc<Device>,
 }
 
+/// The volumes a node exports, by target IQN. Volumes come and go at run time in a
+/// cluster (created, deleted), so it is shared and locked; lookups clone an `Arc`.
+#[derive(Debug, Default)]
+pub struct Exports {
+    inner: parking_lot::RwLock<HashMap<String, Export>>,
+}
+
+impl Exports {
+    pub fn new(map: HashMap<String, Export>) -> Exports {
+        Exports {
+            inner: parking_lot::RwLock::new(map),
+        }
+    }
+    /// The export of a target IQN.
+    pub fn get(&self, iqn: &str) -> Option<Export> {
+        self.inner.read().get(iqn).cloned()
+    }
+    /// Every target IQN, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+    /// Every export.
+    pub fn all(&self) -> Vec<Export> {
+        self.inner.read().values().cloned().collect()
+    }
+    /// Adds (or replaces) an export.
+    pub fn insert(&self, e: Export) {
+        self.inner.write().insert(e.iqn.clone(), e);
+    }
+    /// Removes an export; sessions already logged in keep their device until they end.
+    pub fn remove(&self, iqn: &str) -> Option<Export> {
+        self.inner.write().remove(iqn)
+    }
+}
+
 /// Everything the connections of a target share.
 #[derive(Debug)]
 pub struct Target {
     pub settings: Settings,
     /// Volumes by target IQN.
-    pub exports: HashMap<String, Export>,
+    pub exports: Arc<Exports>,
     pub registry: Arc<SessionRegistry>,
     pub login: LoginTarget,
     /// Addresses actually bound (for SendTargets and tests using port 0).
@@ -69,7 +106,7 @@ impl NodeIdentity {
 #[derive(Debug)]
 pub struct NodeSpec {
     pub settings: Settings,
-    pub exports: HashMap<String, Export>,
+    pub exports: Arc<Exports>,
     pub identity: NodeIdentity,
     /// The cluster's portals; `None` for a stand-alone target (its own bound ones).
     pub portals: Option<Arc<PortalLoad>>,
@@ -194,7 +231,7 @@ pub struct Server {
 impl Server {
     /// Opens the volumes and binds every portal: a stand-alone target.
     pub async fn bind(settings: Settings) -> Result<Server> {
-        let exports = open_exports(&settings)?;
+        let exports = Arc::new(Exports::new(open_exports(&settings)?));
         Server::bind_node(NodeSpec {
             settings,
             exports,
@@ -229,7 +266,7 @@ impl Server {
             ))
         });
         let login = LoginTarget {
-            target_names: exports.keys().cloned().collect(),
+            target_names: exports.names(),
             portal_group_tag: identity.tpgt,
             limits: target_limits(&settings),
             discovery_chap: settings.discovery_chap.clone(),
@@ -315,7 +352,7 @@ impl Server {
         while permits.available_permits() < max_conns && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        for e in self.target.exports.values() {
+        for e in self.target.exports.all() {
             if let Err(err) = e.device.flush().await {
                 warn!("flushing {} at shutdown: {err}", e.iqn);
             }

@@ -90,6 +90,8 @@ pub struct Lab {
     pub stats: HashMap<u32, Arc<IoStats>>,
     /// Every portal with its load.
     pub portals: Arc<PortalLoad>,
+    /// Each node's exports (volumes can be added at run time).
+    pub exports: HashMap<u32, Arc<crate::server::Exports>>,
     servers: Vec<Server>,
     links: Vec<LinkServer>,
 }
@@ -147,6 +149,7 @@ impl Lab {
         let mut servers = Vec::new();
         let mut links = Vec::new();
         let mut first_exports = None;
+        let mut exports_by_node = HashMap::new();
         for i in 1..=config.nodes {
             let state = ClusterState::open(coord.clone(), initial.clone()).await?;
             let table = state.table();
@@ -203,9 +206,11 @@ impl Lab {
                     .with_context(|| format!("node {i}: volume {}", v.name))?;
                 exports.insert(v.iqn.clone(), export);
             }
+            let exports = Arc::new(crate::server::Exports::new(exports));
             if first_exports.is_none() {
                 first_exports = Some(exports.clone());
             }
+            exports_by_node.insert(i, exports.clone());
             let link = LinkServer::bind(link_addr(i, config.port), service)
                 .await
                 .with_context(|| {
@@ -235,6 +240,7 @@ impl Lab {
         servers.push(
             Server::bind_node(NodeSpec {
                 settings: group_settings,
+                // The same exports as node 1: discovery lists every volume.
                 exports: first_exports.unwrap_or_default(),
                 identity: NodeIdentity {
                     tpgt: 1,
@@ -251,6 +257,7 @@ impl Lab {
             states,
             stats: stats_by_node,
             portals,
+            exports: exports_by_node,
             servers,
             links,
         })
