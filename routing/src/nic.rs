@@ -150,6 +150,15 @@ impl NicPlanner {
         best
     }
 
+    /// The NIC one more connection should use, given the NICs (and, to keep nodes
+    /// distinct, the nodes) its MPIO group already uses: the up NIC with the fewest
+    /// connections per unit of link speed among those allowed. For connections that
+    /// arrive one at a time (logins at a group portal); [`NicPlanner::assign`]
+    /// places a whole group with the same rule.
+    pub fn best_slot(&self, used_nics: &[NicSlot], used_nodes: &[NodeId]) -> Option<NicSlot> {
+        self.best(used_nics, used_nodes).map(|i| self.nics[i].slot)
+    }
+
     /// Place (or grow) the MPIO group `name` to `k` connections to `volume`, each on
     /// a distinct NIC and, with `distinct_nodes`, on a distinct node. Connections
     /// already placed stay where they are. Returns the placement of all `k`.

@@ -367,6 +367,15 @@ impl Conn {
             ping: None,
             text: None,
         };
+        // A connection naming its MPIO group counts in the group's placement until
+        // it ends (the group portal spreads the group's connections over NICs).
+        let _group = result
+            .params
+            .vendor
+            .iter()
+            .find(|(k, _)| k == crate::cluster::portals::MPIO_GROUP_KEY)
+            .zip(self.local)
+            .map(|((_, g), local)| self.target.portals.join_group(g, local));
         let mut stop = handle.stop.clone();
         let mut shutdown = self.shutdown.clone();
         let outcome = loop {

@@ -378,7 +378,12 @@ impl TargetLogin {
                 ));
             }
             self.chap = access.chap.clone().map(|c| self.new_chap(c));
-            if let Some(address) = self.target.redirect.as_ref().and_then(|r| r.choose()) {
+            let group = get(crate::cluster::portals::MPIO_GROUP_KEY);
+            let chosen = self.target.redirect.as_ref().and_then(|r| match &group {
+                Some(g) => r.choose_for_group(g),
+                None => r.choose(),
+            });
+            if let Some(address) = chosen {
                 let mut r = self.response(req);
                 r.status_class = login_status::TARGET_MOVED_TEMPORARILY.0;
                 r.status_detail = login_status::TARGET_MOVED_TEMPORARILY.1;

@@ -217,6 +217,8 @@ pub fn target_limits(settings: &Settings) -> TargetLimits {
         max_outstanding_r2t: l.max_outstanding_r2t,
         immediate_data: l.immediate_data,
         initial_r2t: l.initial_r2t,
+        // Recorded, not answered: names the connection's MPIO group.
+        vendor_keys: vec![crate::cluster::portals::MPIO_GROUP_KEY.to_string()],
         ..TargetLimits::default()
     }
 }

@@ -42,6 +42,8 @@ pub enum Error {
     Reject { reason: u8 },
     /// The login response carried a non-zero status.
     LoginFailed { class: u8, detail: u8 },
+    /// The target redirected the login (status class 1) to this TargetAddress.
+    Redirected { address: String },
     /// The target's bytes did not frame (bad digest or length from the target).
     Frame(String),
     /// The target did something this initiator does not expect.
@@ -58,6 +60,7 @@ impl fmt::Display for Error {
             Error::LoginFailed { class, detail } => {
                 write!(f, "login failed: status {class:#04x}/{detail:#04x}")
             }
+            Error::Redirected { address } => write!(f, "login redirected to {address}"),
             Error::Frame(e) => write!(f, "bad PDU from the target: {e}"),
             Error::Protocol(e) => write!(f, "protocol: {e}"),
         }
@@ -96,6 +99,8 @@ pub struct LoginOptions {
     /// `Normal` (the default) or `Discovery` (then no TargetName is sent).
     pub session_type: &'static str,
     pub timeout: Duration,
+    /// More keys for the leading login (vendor keys such as the MPIO group).
+    pub extra_keys: Vec<(String, String)>,
 }
 
 impl LoginOptions {
@@ -113,6 +118,7 @@ impl LoginOptions {
             max_burst_length: 262_144,
             session_type: "Normal",
             timeout: DEFAULT_TIMEOUT,
+            extra_keys: Vec::new(),
         }
     }
 
@@ -135,6 +141,7 @@ impl LoginOptions {
         let digest = |on: bool| if on { "CRC32C,None" } else { "None" };
         let yes_no = |b: bool| if b { "Yes" } else { "No" };
         let mut keys: Vec<(&str, String)> = vec![("InitiatorName", self.initiator_name.clone())];
+        keys.extend(self.extra_keys.iter().map(|(k, v)| (k.as_str(), v.clone())));
         if self.session_type != "Discovery" {
             keys.push(("TargetName", self.target_name.clone()));
         }
@@ -313,6 +320,25 @@ impl Session {
         Session::login_on(stream, opts)
     }
 
+    /// Logs in at `addr`, following one redirect (RFC 7143 §11.13.5) to the
+    /// TargetAddress it names; returns the session and the portal it ended on.
+    pub fn login_following_redirect(
+        addr: SocketAddr,
+        opts: &LoginOptions,
+    ) -> Result<(Session, SocketAddr)> {
+        match Session::login(addr, opts) {
+            Ok(s) => Ok((s, addr)),
+            Err(Error::Redirected { address }) => {
+                let portal = address.split(',').next().unwrap_or_default();
+                let to: SocketAddr = portal
+                    .parse()
+                    .map_err(|_| Error::Protocol(format!("bad TargetAddress {address:?}")))?;
+                Ok((Session::login(to, opts)?, to))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Logs in on an open connection.
     pub fn login_on(stream: TcpStream, opts: &LoginOptions) -> Result<Session> {
         let mut s = Session {
@@ -360,6 +386,14 @@ impl Session {
                     resp.bhs.opcode()
                 )));
             };
+            if r.status_class == 1 {
+                let address = decode_keys(&resp.data)
+                    .into_iter()
+                    .find(|(k, _)| k == "TargetAddress")
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                return Err(Error::Redirected { address });
+            }
             if r.status_class != 0 {
                 return Err(Error::LoginFailed {
                     class: r.status_class,

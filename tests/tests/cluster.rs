@@ -183,3 +183,69 @@ fn lab_cluster_serves_the_same_bytes_through_every_node() {
         );
     }
 }
+
+/// Logs in `n` connections of MPIO group `group` at the group portal, each kept
+/// open, and returns the node portal each ended on.
+fn mpio_group(
+    group: SocketAddr,
+    name: &str,
+    n: usize,
+) -> (Vec<mosaic_tests::initiator::Session>, Vec<SocketAddr>) {
+    use mosaic_tests::initiator::{LoginOptions, Session};
+    let mut sessions = Vec::new();
+    let mut portals = Vec::new();
+    for _ in 0..n {
+        let mut opts = LoginOptions::new("iqn.2026-11.io.mosaic:lv");
+        opts.extra_keys = vec![("X-io.mosaic.MpioGroup".to_string(), name.to_string())];
+        let (mut s, at) = Session::login_following_redirect(group, &opts)
+            .unwrap_or_else(|e| panic!("group {name}: login at the group portal: {e}"));
+        s.test_unit_ready()
+            .expect("a command on the redirected session");
+        sessions.push(s);
+        portals.push(at);
+    }
+    (sessions, portals)
+}
+
+#[test]
+fn mpio_groups_land_on_distinct_nics_spread_over_nodes() {
+    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+        return;
+    }
+    let (mut lab, _port, group) = start_lab();
+    let (_a_sessions, a) = mpio_group(group, "disk-a", 4);
+    let mut distinct = a.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "group a on four distinct NICs: {a:?}");
+    let node = |s: &SocketAddr| match s.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets()[2],
+        _ => 0,
+    };
+    let mut nodes: Vec<u8> = a.iter().map(node).collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(
+        nodes.len(),
+        NODES as usize,
+        "group a spread over every node: {a:?}"
+    );
+    let (_b_sessions, b) = mpio_group(group, "disk-b", 4);
+    let mut distinct = b.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "group b on four distinct NICs: {b:?}");
+    // Six NICs for eight connections: group b first takes the two NICs group a
+    // left free, and never more than one connection per NIC for either group.
+    let free: Vec<&SocketAddr> = b.iter().filter(|p| !a.contains(p)).collect();
+    assert_eq!(
+        free.len(),
+        2,
+        "group b used the two NICs a left free: a={a:?} b={b:?}"
+    );
+    assert!(
+        !a.contains(&b[0]) && !a.contains(&b[1]),
+        "b's first picks avoid a's NICs: a={a:?} b={b:?}"
+    );
+    lab.assert_alive("after the MPIO logins");
+}

@@ -140,10 +140,14 @@ impl Lab {
                 Err(e) => return Err(e).with_context(|| format!("creating volume {}", v.name)),
             }
         }
-        let portals = Arc::new(PortalLoad::new((1..=config.nodes).flat_map(|i| {
-            let port = config.port;
-            (1..=config.nics).map(move |j| (nic_addr(i, j, port), i as u16, i))
-        })));
+        let portals = Arc::new(
+            PortalLoad::new((1..=config.nodes).flat_map(|i| {
+                let port = config.port;
+                (1..=config.nics).map(move |j| (nic_addr(i, j, port), i as u16, i))
+            }))
+            // MPIO groups are placed by the NIC planner over the nodes' NICs.
+            .with_layout(initial.clone()),
+        );
         let mut states = HashMap::new();
         let mut stats_by_node = HashMap::new();
         let mut servers = Vec::new();
