@@ -7,7 +7,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::{Bytes, BytesMut};
 
 use super::StoreError;
 
@@ -16,6 +18,72 @@ use super::StoreError;
 pub struct FileStore {
     file: Arc<File>,
     size: u64,
+    /// Buffered writes with RWF_NOWAIT work here; cleared the first time the
+    /// kernel says it does not support them, so we stop trying.
+    nowait_writes: Arc<AtomicBool>,
+}
+
+/// Largest write done on the runtime's worker thread (with `block_in_place`) when
+/// non-blocking buffered writes are unsupported; larger ones go to the pool so a
+/// worker is not held for a long copy.
+const INLINE_WRITE_MAX: usize = 256 * 1024;
+
+/// What a non-blocking attempt at an I/O gave.
+enum NoWait {
+    /// This many bytes were transferred (possibly fewer than asked).
+    Done(usize),
+    /// It would have blocked: do it on a pool thread.
+    WouldBlock,
+    /// The kernel or filesystem does not do this without blocking.
+    Unsupported,
+}
+
+/// Reads up to `len` bytes at `offset` into `buf`'s spare capacity, only if the page
+/// cache can serve them at once (preadv2 with RWF_NOWAIT, Linux 4.14). Returns the
+/// bytes read, or `None` when it would block or failed (the blocking path then
+/// reads, and reports any real error).
+#[allow(unsafe_code)]
+fn read_nowait(file: &File, buf: &mut BytesMut, offset: u64, len: usize) -> Option<usize> {
+    buf.reserve(len);
+    let spare = buf.spare_capacity_mut();
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: len.min(spare.len()),
+    };
+    let off = libc::off_t::try_from(offset).ok()?;
+    // SAFETY: `iov` points into `buf`'s spare capacity, valid for `iov_len` bytes
+    // and not aliased while the call runs; the kernel writes at most that many.
+    let rc = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if rc <= 0 {
+        return None;
+    }
+    let n = rc as usize;
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Some(n)
+}
+
+/// Writes `data` at `offset` only if it can be done without blocking (pwritev2 with
+/// RWF_NOWAIT).
+#[allow(unsafe_code)]
+fn write_nowait(file: &File, data: &[u8], offset: u64) -> NoWait {
+    let iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return NoWait::WouldBlock;
+    };
+    // SAFETY: `iov` describes `data`, valid for reads of `data.len()` bytes for the
+    // duration of the call; the kernel only reads it.
+    let rc = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if rc >= 0 {
+        return NoWait::Done(rc as usize);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => NoWait::Unsupported,
+        _ => NoWait::WouldBlock,
+    }
 }
 
 impl FileStore {
@@ -47,6 +115,7 @@ impl FileStore {
         Ok(FileStore {
             file: Arc::new(file),
             size,
+            nowait_writes: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -69,6 +138,23 @@ impl FileStore {
         Ok(FileStore {
             file: Arc::new(file),
             size,
+            nowait_writes: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// The same file at `size` bytes (a volume resized at run time): the file is
+    /// grown with a hole or truncated, and the store returned shares the open file
+    /// with this one, whose own size is unchanged.
+    pub fn resized(&self, size: u64) -> Result<FileStore, StoreError> {
+        self.file.set_len(size).map_err(|source| StoreError::Io {
+            op: "resize",
+            offset: size,
+            source,
+        })?;
+        Ok(FileStore {
+            file: Arc::clone(&self.file),
+            size,
+            nowait_writes: Arc::clone(&self.nowait_writes),
         })
     }
 
@@ -78,6 +164,7 @@ impl FileStore {
         FileStore {
             file: Arc::new(file),
             size,
+            nowait_writes: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -105,10 +192,16 @@ impl FileStore {
     /// Reads `len` bytes at `offset`; bytes past the physical end of the file (if it was
     /// truncated behind our back) read as zeros.
     pub(super) async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, StoreError> {
+        let mut buf = BytesMut::with_capacity(len);
+        // A page-cache hit is served here, without handing the read to a pool
+        // thread (measured: the hand-off cost more than the read itself).
+        if read_nowait(&self.file, &mut buf, offset, len) == Some(len) {
+            return Ok(buf.freeze());
+        }
         let file = Arc::clone(&self.file);
         tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            let mut done = 0;
+            let mut done = buf.len();
+            buf.resize(len, 0);
             while done < len {
                 let pos = offset + done as u64;
                 match file.read_at(&mut buf[done..], pos) {
@@ -124,19 +217,55 @@ impl FileStore {
                     }
                 }
             }
-            Ok(Bytes::from(buf))
+            Ok(buf.freeze())
         })
         .await?
     }
 
     /// Writes all of `data` at `offset`.
     pub(super) async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), StoreError> {
+        // Copying into the page cache without waiting is done here; only a write
+        // that would block (writeback throttling, a filesystem without RWF_NOWAIT
+        // for buffered writes) goes to a pool thread.
+        let done = if self.nowait_writes.load(Ordering::Relaxed) {
+            match write_nowait(&self.file, &data, offset) {
+                NoWait::Done(n) => n,
+                NoWait::WouldBlock => 0,
+                NoWait::Unsupported => {
+                    self.nowait_writes.store(false, Ordering::Relaxed);
+                    0
+                }
+            }
+        } else {
+            0
+        };
+        if done == data.len() {
+            return Ok(());
+        }
+        let pos = offset + done as u64;
+        let io_err = |source| StoreError::Io {
+            op: "write",
+            offset: pos,
+            source,
+        };
+        if data.len() <= INLINE_WRITE_MAX
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            // A small buffered write is a copy into the page cache: do it on this
+            // worker, telling the runtime to move its other tasks elsewhere should
+            // it block (cheaper than a hand-off to the pool when it does not).
+            let file = &self.file;
+            return tokio::task::block_in_place(|| file.write_all_at(&data[done..], pos))
+                .map_err(io_err);
+        }
         let file = Arc::clone(&self.file);
         tokio::task::spawn_blocking(move || {
-            file.write_all_at(&data, offset)
+            let pos = offset + done as u64;
+            file.write_all_at(&data[done..], pos)
                 .map_err(|source| StoreError::Io {
                     op: "write",
-                    offset,
+                    offset: pos,
                     source,
                 })
         })
@@ -393,6 +522,7 @@ mod tests {
         let f = FileStore {
             file: Arc::new(File::open(&path).unwrap()),
             size: 4096,
+            nowait_writes: Arc::new(AtomicBool::new(true)),
         };
         let err = f.write_at(0, Bytes::from_static(b"x")).await.unwrap_err();
         assert!(matches!(err, StoreError::Io { op: "write", .. }), "{err}");
