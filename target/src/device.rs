@@ -43,9 +43,19 @@
 //!   initiator's own commands; a copy target is checked for reservation conflicts
 //!   as seen from the same initiator port (on that volume's target port), but its
 //!   unit attentions are neither reported nor cleared.
-//! - ALUA (SPC-4 §5.16): implicit only (TPGS = 01b), one target port group per node,
-//!   always active/optimized; REPORT TARGET PORT GROUPS lists it with the one
-//!   relative target port, the same numbers VPD 0x83 gives.
+//! - ALUA (SPC-4 §5.16): implicit only (TPGS = 01b). Stand-alone, one target port
+//!   group, always active/optimized, with the one relative target port (the numbers
+//!   VPD 0x83 gives). In a cluster ([`Device::attach_cluster`]), one group per node
+//!   (group = relative port = node id, as every node builds its exports): the node
+//!   owning most of the volume's pages active/optimized (PREF set), the other live
+//!   nodes active/non-optimized, failed ones unavailable; so dm-multipath with
+//!   `prio alua` prefers the owner. A routing change that affects the volume raises
+//!   ASYMMETRIC ACCESS STATE CHANGED (2A/06) for every nexus
+//!   ([`crate::cluster::view::watch_routing_changes`]).
+//! - READ ROUTING TABLE (vendor specific, C5h; docs/wire-formats.md): a piece of
+//!   the volume's routing table. It is metadata, like REPORT TARGET PORT GROUPS: it
+//!   runs despite SPC-2 and persistent reservations. A stand-alone target answers
+//!   with a one-node table ([`SingleNodeView`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -53,10 +63,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use mosaic_proto::scsi::opcode::READ_ROUTING_TABLE;
 use mosaic_proto::scsi::sense::key;
+use mosaic_proto::scsi::vendor::ReadRoutingTableCdb;
 use mosaic_proto::scsi::{status, Asc, Sense};
+use mosaic_routing::{wire, NodeId, NodeState, RoutingTable, VolumeId};
 use parking_lot::Mutex;
 
+use crate::cluster::view::{ClusterView, SingleNodeView};
 use crate::pr::{Initiator, PrError, PrState, PrType};
 use crate::scsi::{LogicalUnit, ScsiRequest, ScsiResult, LUN0};
 use crate::store::StoreError;
@@ -133,7 +147,19 @@ pub struct Device {
     copy_slots: tokio::sync::Semaphore,
     /// The logical-unit designators of VPD 0x83, read once, for CSCD descriptors.
     designators: OnceLock<Vec<Designator>>,
+    /// The cluster this volume belongs to; unset: a stand-alone target.
+    cluster: OnceLock<Arc<dyn ClusterView>>,
+    /// The one-node view a stand-alone target answers READ ROUTING TABLE from,
+    /// made on first use (`None`: the volume's geometry does not fit a table).
+    single_node: OnceLock<Option<Arc<SingleNodeView>>>,
+    /// The last routing-table encoding served and the table it was made from: an
+    /// initiator fetches a large table in many pieces, and encoding it for each
+    /// would cost the whole table every time.
+    routing_encoding: Mutex<Option<EncodedTable>>,
 }
+
+/// A routing table and its wire encoding for this device's volume.
+type EncodedTable = (Arc<RoutingTable>, Arc<[u8]>);
 
 /// Errors creating a device.
 #[derive(Debug, thiserror::Error)]
@@ -208,11 +234,11 @@ fn good(data: Vec<u8>, transfer_len: u32) -> ScsiResult {
 /// May a command from a nexus that does not hold an SPC-2 reservation run? (SPC-2
 /// §5.5.1: INQUIRY, REQUEST SENSE, REPORT LUNS, LOG SENSE, RELEASE (which does
 /// nothing), PREVENT ALLOW MEDIUM REMOVAL with PREVENT = 0, and SPC-3's REPORT
-/// TARGET PORT GROUPS.)
+/// TARGET PORT GROUPS; and our READ ROUTING TABLE, which reads no medium either.)
 fn spc2_allowed(cdb: &[u8]) -> bool {
     let byte = |i: usize| cdb.get(i).copied().unwrap_or(0);
     match byte(0) {
-        0x12 | 0x03 | 0xa0 | 0x4d | op::RELEASE_6 | op::RELEASE_10 => true,
+        0x12 | 0x03 | 0xa0 | 0x4d | op::RELEASE_6 | op::RELEASE_10 | READ_ROUTING_TABLE => true,
         0x1e => byte(4) & 0x03 == 0,
         0xa3 => byte(1) & 0x1f == 0x0a,
         _ => false,
@@ -313,6 +339,9 @@ impl Device {
             copies: Mutex::new(CopyRecords::default()),
             copy_slots: tokio::sync::Semaphore::new(usize::from(xcopy::MAX_CONCURRENT_COPIES)),
             designators: OnceLock::new(),
+            cluster: OnceLock::new(),
+            single_node: OnceLock::new(),
+            routing_encoding: Mutex::new(None),
         }
     }
 
@@ -385,6 +414,7 @@ impl Device {
             {
                 self.report_target_port_groups(&req)
             }
+            READ_ROUTING_TABLE => self.read_routing_table(&req),
             opcode => {
                 let result = self.lu.execute(req).await;
                 // SPC-4 §6.11: a MODE SELECT tells every other nexus.
@@ -829,8 +859,88 @@ impl Device {
         };
         let alloc_len = u32::from_be_bytes([cdb[6], cdb[7], cdb[8], cdb[9]]) as usize;
         let cfg = self.lu.config();
-        let mut d = target_port_groups(extended, cfg.tpg, cfg.relative_port);
+        let clustered = self
+            .cluster
+            .get()
+            .and_then(|v| cluster_port_groups(extended, &v.table(), v.volume()));
+        let mut d =
+            clustered.unwrap_or_else(|| target_port_groups(extended, cfg.tpg, cfg.relative_port));
         d.truncate(alloc_len);
+        let len = d.len() as u32;
+        good(d, len)
+    }
+
+    /// Makes this device one volume of a cluster: REPORT TARGET PORT GROUPS lists
+    /// every node and READ ROUTING TABLE serves the cluster's table (see the module
+    /// docs). A second view is ignored.
+    pub fn attach_cluster(&self, view: Arc<dyn ClusterView>) {
+        let _ = self.cluster.set(view);
+    }
+
+    /// The cluster view attached, if any.
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterView>> {
+        self.cluster.get()
+    }
+
+    /// The table and volume READ ROUTING TABLE answers from: the cluster's, or the
+    /// stand-alone one-node table.
+    fn routing_view(&self) -> Option<(Arc<RoutingTable>, VolumeId)> {
+        if let Some(v) = self.cluster.get() {
+            return Some((v.table(), v.volume()));
+        }
+        let single = self.single_node.get_or_init(|| {
+            SingleNodeView::for_unit(&self.lu)
+                .map_err(|e| {
+                    tracing::warn!(lu = %self.lu.config().name, error = %e, "no one-node routing table for READ ROUTING TABLE");
+                })
+                .ok()
+                .map(Arc::new)
+        });
+        single.as_ref().map(|v| (v.table(), v.volume()))
+    }
+
+    /// READ ROUTING TABLE (vendor specific, docs/wire-formats.md): bytes `offset ..
+    /// offset + allocation length` of the volume's routing table in the
+    /// `mosaic_routing::wire` format, clipped to its end (nothing past it).
+    fn read_routing_table(&self, req: &ScsiRequest) -> ScsiResult {
+        let cdb = match ReadRoutingTableCdb::decode(&req.cdb) {
+            Ok(c) => c,
+            Err(e) => return check(e.sense(), 0),
+        };
+        let Some((table, volume)) = self.routing_view() else {
+            return check(
+                Sense::new(key::ILLEGAL_REQUEST, Asc::INVALID_COMMAND_OPERATION_CODE),
+                0,
+            );
+        };
+        let encoded = {
+            let mut cache = self.routing_encoding.lock();
+            match &*cache {
+                Some((t, e)) if Arc::ptr_eq(t, &table) => e.clone(),
+                _ => match wire::encode(&table, volume) {
+                    Ok(e) => {
+                        let e: Arc<[u8]> = e.into();
+                        *cache = Some((table.clone(), e.clone()));
+                        e
+                    }
+                    // The volume is being deleted: it is no longer in the table.
+                    Err(wire::WireError::UnknownVolume(_)) => {
+                        return check(
+                            Sense::new(key::ILLEGAL_REQUEST, Asc::LOGICAL_UNIT_NOT_SUPPORTED),
+                            0,
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(lu = %self.lu.config().name, error = %e, "encoding the routing table");
+                        return check(
+                            Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE),
+                            0,
+                        );
+                    }
+                },
+            }
+        };
+        let d = wire::piece(&encoded, cdb.offset, cdb.alloc_len).to_vec();
         let len = d.len() as u32;
         good(d, len)
     }
@@ -898,6 +1008,68 @@ fn target_port_groups(extended: bool, tpg: u16, relative_port: u16) -> Vec<u8> {
     let len = (d.len() - 4) as u32;
     d[0..4].copy_from_slice(&len.to_be_bytes());
     d
+}
+
+/// REPORT TARGET PORT GROUPS data of `volume` in a cluster (SPC-4 §6.36.2): one
+/// target port group per node of `table`, in node order, with group id and its one
+/// relative target port both the node id. The node owning most of the volume's
+/// pages (the lowest id on a tie) is active/optimized with PREF set, the other live
+/// nodes active/non-optimized, failed nodes unavailable. `None` when the volume is
+/// not in the table (the caller answers for a single node); nodes whose id does not
+/// fit a port identifier (0 or above 65535) are left out.
+fn cluster_port_groups(extended: bool, table: &RoutingTable, volume: VolumeId) -> Option<Vec<u8>> {
+    /// PREF (byte 0, bit 7): the preferred group.
+    const PREF: u8 = 0x80;
+    /// ASYMMETRIC ACCESS STATE values (SPC-4 §6.36.2, Table 193).
+    const ACTIVE_OPTIMIZED: u8 = 0x0;
+    const ACTIVE_NON_OPTIMIZED: u8 = 0x1;
+    const UNAVAILABLE: u8 = 0xe;
+    /// U_SUP | AN_SUP | AO_SUP: the states we report.
+    const SUPPORTED: u8 = 0x08 | 0x02 | 0x01;
+    /// FORMAT TYPE 001b of the extended header (byte 4, bits 6..4).
+    const FORMAT_EXTENDED: u8 = 0x10;
+    let map = table.volume(volume)?;
+    let mut pages: HashMap<NodeId, u64> = HashMap::new();
+    for n in map.primaries() {
+        *pages.entry(*n).or_default() += 1;
+    }
+    // Nodes come in id order: the first with the most pages wins a tie.
+    let mut owner: Option<(NodeId, u64)> = None;
+    for id in table.nodes().keys() {
+        let n = pages.get(id).copied().unwrap_or(0);
+        let better = match owner {
+            None => n > 0,
+            Some((_, best)) => n > best,
+        };
+        if better {
+            owner = Some((*id, n));
+        }
+    }
+    let mut d = vec![0u8; 4];
+    if extended {
+        d.extend_from_slice(&[FORMAT_EXTENDED, 0, 0, 0]);
+    }
+    for node in table.nodes().values() {
+        let Some(port) = u16::try_from(node.id.0).ok().filter(|p| *p != 0) else {
+            continue;
+        };
+        let state = if node.state == NodeState::Failed {
+            UNAVAILABLE
+        } else if owner.is_some_and(|(o, _)| o == node.id) {
+            PREF | ACTIVE_OPTIMIZED
+        } else {
+            ACTIVE_NON_OPTIMIZED
+        };
+        d.extend_from_slice(&[state, SUPPORTED]);
+        d.extend_from_slice(&port.to_be_bytes());
+        // Reserved, STATUS CODE 00h, vendor specific, TARGET PORT COUNT 1.
+        d.extend_from_slice(&[0, 0, 0, 1]);
+        d.extend_from_slice(&[0, 0]);
+        d.extend_from_slice(&port.to_be_bytes());
+    }
+    let len = (d.len() - 4) as u32;
+    d[0..4].copy_from_slice(&len.to_be_bytes());
+    Some(d)
 }
 
 /// Replaces `path` with `data` so that a crash leaves the old or the new file, never
@@ -1502,5 +1674,259 @@ mod tests {
             assert_eq!(r.status, status::GOOD);
             assert_eq!(r.data_in[1] & 0x07, 0b011, "{opcode:#x}/{sa:#x} supported");
         }
+        // READ ROUTING TABLE has no service action: reporting option 001b.
+        let mut c = [0xa3, 0x0c, 0x01, READ_ROUTING_TABLE, 0, 0, 0, 0, 0, 0, 0, 0];
+        c[6..10].copy_from_slice(&512u32.to_be_bytes());
+        let r = exec(&d, &a, &c, &[]).await;
+        assert_eq!(r.status, status::GOOD);
+        assert_eq!(r.data_in[1] & 0x07, 0b011);
+        assert_eq!(&r.data_in[4..6], &[READ_ROUTING_TABLE, 0]);
+        assert_eq!(u16::from_be_bytes([r.data_in[2], r.data_in[3]]), 16);
+    }
+
+    /// A cluster view over a table the test replaces at will.
+    #[derive(Debug)]
+    struct FixedView {
+        table: Mutex<Arc<RoutingTable>>,
+        volume: VolumeId,
+    }
+
+    impl ClusterView for FixedView {
+        fn table(&self) -> Arc<RoutingTable> {
+            self.table.lock().clone()
+        }
+        fn volume(&self) -> VolumeId {
+            self.volume
+        }
+        fn node(&self) -> NodeId {
+            NodeId(1)
+        }
+    }
+
+    /// Volume 7 over the 1024 blocks of [`lu`], 32 pages of 16 KiB, on nodes 1-3.
+    fn three_node_table() -> RoutingTable {
+        use mosaic_routing::{plan_create_volume, Node, Volume};
+        let nodes = RoutingTable::new((1..=3).map(|i| {
+            Node::new(NodeId(i), 1 << 40)
+                .with_nic(10_000, vec![([127, 0, i as u8, 1], 3260).into()])
+        }))
+        .unwrap();
+        let v = Volume {
+            id: VolumeId(7),
+            name: "vol".into(),
+            blocks: 1024,
+            block_size: BS,
+            page_size: 16 << 10,
+            replicas: 1,
+        };
+        plan_create_volume(&nodes, v).unwrap()
+    }
+
+    /// `t` after node 1's pages of volume 7 became hot: the hot-page plan moves
+    /// most of them away, so node 1 no longer owns the most.
+    fn hot_node_1(t: &RoutingTable) -> RoutingTable {
+        use mosaic_routing::{plan_hot_pages, PageLoad, PageRef};
+        let vm = t.volume(VolumeId(7)).unwrap();
+        let hot: Vec<PageLoad> = (0..vm.page_count())
+            .filter(|&p| vm.primary(p) == Some(NodeId(1)))
+            .map(|page| PageLoad {
+                page: PageRef {
+                    volume: VolumeId(7),
+                    page,
+                },
+                load: 10.0,
+            })
+            .collect();
+        plan_hot_pages(t, &hot, 100).next
+    }
+
+    fn clustered(t: RoutingTable) -> (Device, Arc<FixedView>) {
+        let d = Device::new(lu());
+        let view = Arc::new(FixedView {
+            table: Mutex::new(Arc::new(t)),
+            volume: VolumeId(7),
+        });
+        d.attach_cluster(view.clone());
+        (d, view)
+    }
+
+    fn rtpg_cdb(format: u8) -> [u8; 12] {
+        let mut c = [0xa3, (format << 5) | 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        c[6..10].copy_from_slice(&1024u32.to_be_bytes());
+        c
+    }
+
+    /// (state byte, supported byte, group id, relative port) per descriptor.
+    fn groups(d: &[u8]) -> Vec<(u8, u8, u16, u16)> {
+        let len = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len + 4, d.len());
+        d[4..]
+            .chunks(12)
+            .map(|g| {
+                assert_eq!(g[7], 1, "one target port per group");
+                (
+                    g[0],
+                    g[1],
+                    u16::from_be_bytes([g[2], g[3]]),
+                    u16::from_be_bytes([g[10], g[11]]),
+                )
+            })
+            .collect()
+    }
+
+    /// The node with the most primaries of volume 7, the lowest id on a tie.
+    fn most_pages(t: &RoutingTable) -> NodeId {
+        let p = t.volume(VolumeId(7)).unwrap().primaries();
+        (1..=3)
+            .map(NodeId)
+            .max_by_key(|n| (p.iter().filter(|x| *x == n).count(), std::cmp::Reverse(n.0)))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn rtpg_with_three_nodes_prefers_the_node_owning_most_pages() {
+        let a = nexus("iqn.a", 1);
+        for t in [three_node_table(), hot_node_1(&three_node_table())] {
+            let owner = most_pages(&t);
+            let (d, _) = clustered(t);
+            let r = exec(&d, &a, &rtpg_cdb(0), &[]).await;
+            assert_eq!(r.status, status::GOOD);
+            let g = groups(&r.data_in);
+            assert_eq!(g.len(), 3);
+            for (i, (state, supported, group, port)) in g.into_iter().enumerate() {
+                let node = i as u16 + 1;
+                assert_eq!((group, port), (node, node));
+                assert_eq!(supported, 0x0b, "AO, AN and U supported");
+                if NodeId(u32::from(node)) == owner {
+                    assert_eq!(state, 0x80, "node {node}: PREF, active/optimized");
+                } else {
+                    assert_eq!(state, 0x01, "node {node}: active/non-optimized");
+                }
+            }
+        }
+        // The move took the preference off node 1.
+        assert_ne!(most_pages(&hot_node_1(&three_node_table())), NodeId(1));
+        // The extended format: the same groups after an 8-byte header.
+        let (d, _) = clustered(three_node_table());
+        let r = exec(&d, &a, &rtpg_cdb(1), &[]).await;
+        assert_eq!(&r.data_in[4..8], &[0x10, 0, 0, 0]);
+        assert_eq!(r.data_in.len(), 8 + 3 * 12);
+    }
+
+    #[tokio::test]
+    async fn rtpg_reports_a_failed_node_unavailable() {
+        use mosaic_routing::{plan_node_failure, Loads};
+        let t = three_node_table();
+        let failed = plan_node_failure(&t, NodeId(2), &Loads::new())
+            .unwrap()
+            .next;
+        let owner = most_pages(&failed);
+        let (d, _) = clustered(failed);
+        let r = exec(&d, &nexus("iqn.a", 1), &rtpg_cdb(0), &[]).await;
+        let g = groups(&r.data_in);
+        assert_eq!(g[1].0, 0x0e, "node 2 unavailable");
+        assert_ne!(owner, NodeId(2));
+        assert_eq!(g[owner.0 as usize - 1].0, 0x80);
+    }
+
+    /// READ ROUTING TABLE at `offset` for `alloc_len` bytes.
+    async fn read_table(d: &Device, n: &Nexus, offset: u64, alloc_len: u32) -> ScsiResult {
+        let c = ReadRoutingTableCdb { offset, alloc_len }.encode();
+        exec(d, n, &c, &[]).await
+    }
+
+    /// The whole table fetched in pieces of `step` bytes, through the assembler.
+    async fn fetch_table(d: &Device, n: &Nexus, step: u32) -> wire::WireTable {
+        let mut asm = wire::Assembler::new();
+        let mut offset = 0u64;
+        for _ in 0..100_000 {
+            let r = read_table(d, n, offset, step).await;
+            assert_eq!(r.status, status::GOOD);
+            assert!(r.data_in.len() <= step as usize);
+            match asm.push(offset, &r.data_in).unwrap() {
+                wire::Progress::Complete(t) => return *t,
+                wire::Progress::NeedMore { offset: next, .. } => offset = next,
+            }
+        }
+        panic!("the table never completed");
+    }
+
+    #[tokio::test]
+    async fn read_routing_table_pages_by_offset_and_allocation_length() {
+        let t = three_node_table();
+        let whole = wire::encode(&t, VolumeId(7)).unwrap();
+        let (d, view) = clustered(t.clone());
+        let a = nexus("iqn.a", 1);
+        // Every piece is exactly the encoding's bytes at its offset, clipped.
+        for (offset, len) in [(0u64, 12u32), (5, 1), (12, 40), (50, 4096), (0, 4096)] {
+            let r = read_table(&d, &a, offset, len).await;
+            assert_eq!(r.status, status::GOOD);
+            let start = (offset as usize).min(whole.len());
+            let end = (start + len as usize).min(whole.len());
+            assert_eq!(&r.data_in[..], &whole[start..end], "{offset}+{len}");
+        }
+        // Allocation length 0 and offsets at or past the end: GOOD, nothing.
+        for (offset, len) in [(0u64, 0u32), (whole.len() as u64, 16), (u64::MAX, 16)] {
+            let r = read_table(&d, &a, offset, len).await;
+            assert_eq!((r.status, r.data_in.len()), (status::GOOD, 0));
+        }
+        // Small and odd piece sizes all assemble to the same table.
+        let want = wire::decode(&whole).unwrap();
+        for step in [1u32, 7, 12, 64, 1 << 20] {
+            assert_eq!(fetch_table(&d, &a, step).await, want, "pieces of {step}");
+        }
+        assert_eq!(want.epoch, t.epoch());
+        assert_eq!(want.nodes.len(), 3);
+        // A new table is served at once, with its epoch.
+        let next = hot_node_1(&t);
+        *view.table.lock() = Arc::new(next.clone());
+        let got = fetch_table(&d, &a, 100).await;
+        assert_eq!(got.epoch, next.epoch());
+        assert_eq!(
+            got,
+            wire::decode(&wire::encode(&next, VolumeId(7)).unwrap()).unwrap()
+        );
+        // Reserved bits are refused.
+        let mut c = ReadRoutingTableCdb {
+            offset: 0,
+            alloc_len: 64,
+        }
+        .encode();
+        c[1] = 0x01;
+        let r = exec(&d, &a, &c, &[]).await;
+        let s = r.sense_data().unwrap();
+        assert_eq!(
+            (s.key, s.asc),
+            (key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB)
+        );
+    }
+
+    #[tokio::test]
+    async fn read_routing_table_runs_despite_reservations_and_reports_unit_attentions() {
+        let (d, _) = clustered(three_node_table());
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        assert_eq!(exec(&d, &a, &RESERVE6, &[]).await.status, status::GOOD);
+        assert_eq!(read_table(&d, &b, 0, 64).await.status, status::GOOD);
+        d.raise_all(ua::asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
+        let r = read_table(&d, &b, 0, 64).await;
+        assert_eq!(ua_of(&r), Some(ua::asc::ASYMMETRIC_ACCESS_STATE_CHANGED));
+        assert_eq!(read_table(&d, &b, 0, 64).await.status, status::GOOD);
+    }
+
+    #[tokio::test]
+    async fn stand_alone_target_serves_a_one_node_table() {
+        let d = Device::new(lu());
+        let a = nexus("iqn.a", 1);
+        let t = fetch_table(&d, &a, 32).await;
+        assert_eq!(t.volume, VolumeId(d.lu().config().naa_id));
+        assert_eq!(t.name, "vol");
+        assert_eq!((t.blocks, t.block_size), (1024, BS));
+        assert_eq!(t.nodes.len(), 1);
+        assert_eq!(t.nodes[0].id, NodeId(1));
+        assert!(t.owners.iter().all(|o| *o == 0));
+        assert_eq!(t.owner_id(1023), Some(NodeId(1)));
+        // RTPG stays the single always-optimized group.
+        let r = exec(&d, &a, &rtpg_cdb(0), &[]).await;
+        assert_eq!(&r.data_in[4..6], &[0x80, 0x01]);
     }
 }

@@ -300,9 +300,9 @@ pub fn classify(cdb: &[u8]) -> Access {
         // TEST UNIT READY, REQUEST SENSE, INQUIRY, LOG SENSE, READ CAPACITY(10),
         // PRIN, PROUT (its own rules), RESERVE/RELEASE (the SPC-2 and CRH rules),
         // REPORT LUNS, MAINTENANCE IN (REPORT TARGET PORT GROUPS and friends),
-        // READ MEDIA SERIAL NUMBER.
+        // READ MEDIA SERIAL NUMBER, and our READ ROUTING TABLE (C5h, metadata).
         0x00 | 0x03 | 0x12 | 0x4d | 0x25 | 0x5e | 0x5f | 0x16 | 0x17 | 0x56 | 0x57 | 0xa0
-        | 0xa3 | 0xab => Access::Always,
+        | 0xa3 | 0xab | 0xc5 => Access::Always,
         // SERVICE ACTION IN(16): READ CAPACITY(16) always; GET LBA STATUS reads.
         0x9e if byte(1) & 0x1f == 0x10 => Access::Always,
         0x9e => Access::Read,

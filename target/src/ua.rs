@@ -25,9 +25,10 @@ use mosaic_proto::scsi::Asc;
 /// The most conditions queued for one I_T nexus. SAM-5 §5.14 lets a logical unit
 /// queue several; identical conditions are merged (see [`UnitAttentions::raise`]),
 /// and the distinct conditions we raise (four resets, three reservation events,
-/// three parameter changes) number fewer than this, so the limit only bounds memory
-/// against a storm of events nobody reads. When full, the new condition is dropped:
-/// the initiator still learns that something happened from the ones queued.
+/// four parameter and state changes) number fewer than this, so the limit only
+/// bounds memory against a storm of events nobody reads. When full, the new
+/// condition is dropped: the initiator still learns that something happened from
+/// the ones queued.
 pub const MAX_PENDING_PER_NEXUS: usize = 16;
 
 /// Additional sense codes of the unit attentions we raise (SPC-4 Annex D, Table D.1).
@@ -52,6 +53,10 @@ pub mod asc {
     pub const RESERVATIONS_RELEASED: Asc = Asc::new(0x2a, 0x04);
     /// REGISTRATIONS PREEMPTED (SPC-4 §5.13, "Preempting": PREEMPT removed the registration).
     pub const REGISTRATIONS_PREEMPTED: Asc = Asc::new(0x2a, 0x05);
+    /// ASYMMETRIC ACCESS STATE CHANGED (SPC-4 §5.16.2.4): the cluster's routing
+    /// table changed for this volume (owners, nodes or their states); initiators
+    /// check REPORT TARGET PORT GROUPS and fetch READ ROUTING TABLE again.
+    pub const ASYMMETRIC_ACCESS_STATE_CHANGED: Asc = Asc::new(0x2a, 0x06);
     /// CAPACITY DATA HAS CHANGED (SBC-3 §4.6).
     pub const CAPACITY_DATA_HAS_CHANGED: Asc = Asc::new(0x2a, 0x09);
     /// REPORTED LUNS DATA HAS CHANGED (SPC-4 §6.33).

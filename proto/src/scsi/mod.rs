@@ -7,11 +7,13 @@
 //!   the fields a device server must reject; never panics on any input.
 //! - [`sense`]: fixed-format sense data (SPC-4 §4.5.3) with named sense keys and
 //!   additional sense codes.
+//! - [`vendor`]: Mosaic's vendor-specific commands (READ ROUTING TABLE), both ends.
 
 pub mod cdb;
 pub mod opcode;
 pub mod sense;
 pub mod status;
+pub mod vendor;
 
 pub use cdb::{
     Cdb, CdbError, ModeSelectCdb, ModeSenseCdb, PreFetchCdb, ReportOpcodesCdb, RwCdb, StartStopCdb,

@@ -83,6 +83,10 @@ pub const READ_DEFECT_DATA_12: u8 = 0xb7;
 pub const WRITE_AND_VERIFY_12: u8 = 0xae;
 /// VERIFY(12) (SBC-3 §5.34).
 pub const VERIFY_12: u8 = 0xaf;
+/// READ ROUTING TABLE: Mosaic's vendor-specific command (C0h-FFh are vendor
+/// specific, SPC-4 §4.2.5.1) that returns the routing table of the addressed
+/// volume in pieces; see [`super::vendor`] and docs/wire-formats.md.
+pub const READ_ROUTING_TABLE: u8 = 0xc5;
 
 /// Service actions of MAINTENANCE IN (byte 1, bits 4..0; SPC-4 §6.23).
 pub mod maintenance_in {

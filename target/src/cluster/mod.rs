@@ -6,3 +6,4 @@ pub mod link;
 pub mod portals;
 pub mod state;
 pub mod store;
+pub mod view;

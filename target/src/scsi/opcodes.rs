@@ -27,8 +27,9 @@ pub struct Command {
 }
 
 /// PERSISTENT RESERVE IN/OUT (every service action), RESERVE/RELEASE(6/10), EXTENDED
-/// COPY(LID1), RECEIVE COPY RESULTS and REPORT TARGET PORT GROUPS: the commands the
-/// nexus-aware layer above the logical unit (`device.rs`, `xcopy.rs`) executes.
+/// COPY(LID1), RECEIVE COPY RESULTS, REPORT TARGET PORT GROUPS and our vendor READ
+/// ROUTING TABLE: the commands the nexus-aware layer above the logical unit
+/// (`device.rs`, `xcopy.rs`) executes.
 /// That layer reports them through [`LogicalUnit::with_reported_commands`].
 ///
 /// [`LogicalUnit::with_reported_commands`]: super::LogicalUnit::with_reported_commands
@@ -124,6 +125,14 @@ pub const RESERVATION_COMMANDS: &[Command] = &[
         0xa3,
         0x0a,
         &[0xa3, 0xea, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    ),
+    // READ ROUTING TABLE (vendor specific, docs/wire-formats.md): BUFFER OFFSET,
+    // ALLOCATION LENGTH.
+    cmd(
+        0xc5,
+        &[
+            0xc5, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
     ),
 ];
 
@@ -886,11 +895,12 @@ mod tests {
     fn reservation_usage_maps_are_well_formed() {
         for c in RESERVATION_COMMANDS {
             assert_eq!(c.usage[0], c.opcode);
-            // CDB length from the group code (SPC-4 §4.2.5.1).
+            // CDB length from the group code (SPC-4 §4.2.5.1); vendor-specific
+            // groups 6 and 7 have no standard length, ours are 16 bytes.
             let len = match c.opcode >> 5 {
                 0 => 6,
                 1 | 2 => 10,
-                4 => 16,
+                4 | 6 | 7 => 16,
                 5 => 12,
                 _ => unreachable!(),
             };

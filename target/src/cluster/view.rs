@@ -1,0 +1,379 @@
+//! What a volume's device needs to know of the cluster: the current routing table,
+//! which volume it is, and which node it runs on ([`ClusterView`]). The device uses
+//! it for READ ROUTING TABLE (the vendor command that uploads the table to
+//! initiators, docs/wire-formats.md) and for REPORT TARGET PORT GROUPS (one target
+//! port group per node, the owner of most pages active/optimized).
+//!
+//! [`watch_routing_changes`] is the other half: one task per node follows the
+//! node's [`ClusterState`] and, when a new table changes what the initiators of a
+//! volume see ([`affects`]), establishes ASYMMETRIC ACCESS STATE CHANGED (2A/06) on
+//! every I_T nexus of that volume's device, so each initiator learns of it on its
+//! next command and fetches the table again.
+//!
+//! A stand-alone target has no cluster: [`SingleNodeView`] describes it as a
+//! one-node cluster, so READ ROUTING TABLE works there too.
+
+use std::fmt::Debug;
+use std::sync::{Arc, Weak};
+
+use mosaic_routing::{
+    plan_create_volume, Node, NodeId, RoutingError, RoutingTable, Volume, VolumeId,
+    DEFAULT_PAGE_SIZE,
+};
+use tracing::debug;
+
+use super::state::ClusterState;
+use crate::scsi::LogicalUnit;
+use crate::server::Exports;
+use crate::ua;
+
+/// A volume's view of the cluster it belongs to.
+pub trait ClusterView: Send + Sync + Debug {
+    /// The current routing table (cheap: an `Arc` clone).
+    fn table(&self) -> Arc<RoutingTable>;
+    /// The volume this device exports.
+    fn volume(&self) -> VolumeId;
+    /// The node this device runs on.
+    fn node(&self) -> NodeId;
+}
+
+/// One volume on one node of a cluster, over that node's [`ClusterState`].
+#[derive(Debug)]
+pub struct VolumeView {
+    state: Arc<ClusterState>,
+    volume: VolumeId,
+    node: NodeId,
+}
+
+impl VolumeView {
+    /// The view of `volume` as `node` sees it through `state`.
+    pub fn new(state: Arc<ClusterState>, volume: VolumeId, node: NodeId) -> VolumeView {
+        VolumeView {
+            state,
+            volume,
+            node,
+        }
+    }
+}
+
+impl ClusterView for VolumeView {
+    fn table(&self) -> Arc<RoutingTable> {
+        self.state.table()
+    }
+    fn volume(&self) -> VolumeId {
+        self.volume
+    }
+    fn node(&self) -> NodeId {
+        self.node
+    }
+}
+
+/// Capacity the stand-alone node declares: placement only needs it to be at least
+/// the volume's size, and it never goes on the wire.
+const SINGLE_NODE_CAPACITY: u64 = 1 << 62;
+
+/// A stand-alone target seen as a one-node cluster: node = the target port group
+/// (1), volume id = the volume's NAA identifier (stable across restarts), every page
+/// on that node, the default page size, and no NICs in the node list (the initiator
+/// already knows the portal it is talking to). The epoch is fixed at 2 (a table of
+/// nodes is epoch 1, creating the volume makes it 2) and never changes.
+#[derive(Debug)]
+pub struct SingleNodeView {
+    table: Arc<RoutingTable>,
+    volume: VolumeId,
+    node: NodeId,
+}
+
+impl SingleNodeView {
+    /// The one-node table of logical unit `lu`.
+    pub fn for_unit(lu: &LogicalUnit) -> Result<SingleNodeView, RoutingError> {
+        let cfg = lu.config();
+        let node = NodeId(u32::from(cfg.tpg));
+        let volume = VolumeId(cfg.naa_id);
+        let block_size = lu.block_size();
+        let nodes = RoutingTable::new([Node::new(node, SINGLE_NODE_CAPACITY)])?;
+        let table = plan_create_volume(
+            &nodes,
+            Volume {
+                id: volume,
+                name: cfg.name.clone(),
+                blocks: lu.num_blocks(),
+                block_size,
+                page_size: DEFAULT_PAGE_SIZE.max(u64::from(block_size)),
+                replicas: 0,
+            },
+        )?;
+        Ok(SingleNodeView {
+            table: Arc::new(table),
+            volume,
+            node,
+        })
+    }
+}
+
+impl ClusterView for SingleNodeView {
+    fn table(&self) -> Arc<RoutingTable> {
+        self.table.clone()
+    }
+    fn volume(&self) -> VolumeId {
+        self.volume
+    }
+    fn node(&self) -> NodeId {
+        self.node
+    }
+}
+
+/// Whether going from `old` to `new` changes anything the initiators of `volume`
+/// are told: its geometry or page -> primary map (READ ROUTING TABLE), or any
+/// node's id, state or NICs and portals (the node list of READ ROUTING TABLE and
+/// the port groups and their states in REPORT TARGET PORT GROUPS). Replica
+/// changes, capacities, names and other volumes do not count, so a change
+/// elsewhere in the cluster does not make every initiator fetch again.
+pub fn affects(old: &RoutingTable, new: &RoutingTable, volume: VolumeId) -> bool {
+    let map = |t: &RoutingTable| {
+        t.volume(volume)
+            .map(|m| (m.volume().clone(), m.primaries().to_vec()))
+    };
+    let nodes = |t: &RoutingTable| -> Vec<_> {
+        t.nodes()
+            .values()
+            .map(|n| (n.id, n.state, n.nics.clone()))
+            .collect()
+    };
+    map(old) != map(new) || nodes(old) != nodes(new)
+}
+
+/// Follows `state`'s routing table and, on each change that [`affects`] a volume,
+/// establishes ASYMMETRIC ACCESS STATE CHANGED on every I_T nexus of that volume's
+/// device among `exports` (the devices with a cluster view attached; volumes
+/// added to `exports` later are covered). Ends when the state or the exports are
+/// dropped.
+pub fn watch_routing_changes(
+    state: &ClusterState,
+    exports: &Arc<Exports>,
+) -> tokio::task::JoinHandle<()> {
+    let mut rx = state.subscribe();
+    let exports: Weak<Exports> = Arc::downgrade(exports);
+    // Taken now, not when the task first runs: a change in between must count.
+    let mut seen = rx.borrow_and_update().clone();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let next = rx.borrow_and_update().clone();
+            if next.epoch() == seen.epoch() {
+                continue;
+            }
+            let Some(exports) = exports.upgrade() else {
+                return;
+            };
+            for e in exports.all() {
+                let Some(view) = e.device.cluster() else {
+                    continue;
+                };
+                if affects(&seen, &next, view.volume()) {
+                    debug!(
+                        volume = %view.volume(),
+                        node = %view.node(),
+                        from = %seen.epoch(),
+                        to = %next.epoch(),
+                        "routing change: ASYMMETRIC ACCESS STATE CHANGED for every nexus"
+                    );
+                    e.device.raise_all(ua::asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
+                }
+            }
+            seen = next;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{Device, Nexus};
+    use crate::scsi::{LuConfig, ScsiRequest};
+    use crate::server::Export;
+    use crate::store::BackingStore;
+    use bytes::Bytes;
+    use mosaic_coord::{Coordinator, EmbeddedCoordinator};
+    use mosaic_proto::scsi::sense::key;
+    use mosaic_proto::scsi::status;
+    use mosaic_routing::{plan_hot_pages, PageLoad, PageRef};
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    const BS: u32 = 512;
+    /// 64 pages of 64 KiB.
+    const PAGE: u64 = 64 << 10;
+
+    fn nodes() -> RoutingTable {
+        RoutingTable::new((1..=3).map(|i| {
+            Node::new(NodeId(i), 1 << 40)
+                .with_nic(10_000, vec![([127, 0, i as u8, 1], 3260).into()])
+        }))
+        .unwrap()
+    }
+
+    fn volume(id: u64, name: &str) -> Volume {
+        Volume {
+            id: VolumeId(id),
+            name: name.into(),
+            blocks: 64 * PAGE / u64::from(BS),
+            block_size: BS,
+            page_size: PAGE,
+            replicas: 1,
+        }
+    }
+
+    fn device(name: &str, node: u16) -> Arc<Device> {
+        let cfg = LuConfig {
+            name: name.into(),
+            block_size: BS,
+            serial: "S1".into(),
+            naa_id: LuConfig::naa_id_for(name),
+            vendor: "MOSAIC".into(),
+            product: "Mosaic volume".into(),
+            revision: "0001".into(),
+            target_name: format!("iqn.t:{name}"),
+            relative_port: node,
+            tpg: node,
+        };
+        let lu = LogicalUnit::new(cfg, BackingStore::memory(64 * PAGE)).unwrap();
+        Arc::new(Device::new(lu))
+    }
+
+    async fn tur(d: &Device, n: &Nexus) -> (u8, Option<(u8, u8, u8)>) {
+        let r = d
+            .execute(
+                n,
+                ScsiRequest {
+                    cdb: Bytes::from_static(&[0; 16]),
+                    lun: 0,
+                    data_out: Bytes::new(),
+                    expected_len: 0,
+                },
+            )
+            .await;
+        let s = r.sense_data().map(|s| (s.key, s.asc.asc, s.asc.ascq));
+        (r.status, s)
+    }
+
+    #[test]
+    fn only_changes_an_initiator_sees_affect_a_volume() {
+        let t1 = plan_create_volume(&nodes(), volume(1, "a")).unwrap();
+        // Another volume: a new epoch, but nothing about volume 1 changed.
+        let t2 = plan_create_volume(&t1, volume(2, "b")).unwrap();
+        assert!(!affects(&t1, &t2, VolumeId(1)));
+        assert!(affects(&t1, &t2, VolumeId(2)), "a volume that appears");
+        // Replicas marked in sync: not the initiators' business.
+        assert!(!affects(&t2, &t2.mark_all_in_sync(), VolumeId(1)));
+        // A node drained: its state is in the node list and in RTPG.
+        let drained = mosaic_routing::plan_node_drain(&t2, NodeId(3))
+            .unwrap()
+            .next;
+        assert!(affects(&t2, &drained, VolumeId(1)));
+        assert!(affects(&t2, &drained, VolumeId(2)));
+        // A volume that goes away.
+        assert!(affects(
+            &t2,
+            &t2.delete_volume(VolumeId(1)).unwrap(),
+            VolumeId(1)
+        ));
+    }
+
+    #[test]
+    fn single_node_view_puts_every_page_on_the_target_port_group() {
+        let d = device("solo", 1);
+        let v = SingleNodeView::for_unit(d.lu()).unwrap();
+        let t = v.table();
+        let m = t.volume(v.volume()).unwrap();
+        assert_eq!(m.volume().blocks, d.lu().num_blocks());
+        assert!(m.primaries().iter().all(|n| *n == NodeId(1)));
+        assert_eq!(v.node(), NodeId(1));
+        assert_eq!(t.epoch().0, 2);
+    }
+
+    #[tokio::test]
+    async fn an_epoch_change_raises_the_unit_attention_once_per_nexus_of_affected_volumes() {
+        let coord: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::default());
+        let t = plan_create_volume(&nodes(), volume(1, "a")).unwrap();
+        let t = plan_create_volume(&t, volume(2, "b")).unwrap();
+        let state = ClusterState::open(coord, t).await.unwrap();
+        let state_table_before = state.table();
+        let (a, b) = (device("a", 1), device("b", 1));
+        a.attach_cluster(Arc::new(VolumeView::new(
+            state.clone(),
+            VolumeId(1),
+            NodeId(1),
+        )));
+        b.attach_cluster(Arc::new(VolumeView::new(
+            state.clone(),
+            VolumeId(2),
+            NodeId(1),
+        )));
+        let mut map = HashMap::new();
+        for (iqn, d) in [("iqn.t:a", &a), ("iqn.t:b", &b)] {
+            map.insert(
+                iqn.to_string(),
+                Export {
+                    iqn: iqn.to_string(),
+                    device: d.clone(),
+                },
+            );
+        }
+        let exports = Arc::new(Exports::new(map));
+        let task = watch_routing_changes(&state, &exports);
+        let nexuses: Vec<Nexus> = (1..=3)
+            .map(|i| Nexus::new("iqn.i", i, "iqn.t:a", 1, 1))
+            .collect();
+        for n in &nexuses {
+            a.nexus_added(n);
+            b.nexus_added(n);
+        }
+        // Node 1's pages of volume 1 are hot: the hot-page plan moves some away.
+        let next = state
+            .update(|t| {
+                let vm = t.volume(VolumeId(1)).unwrap();
+                let hot: Vec<PageLoad> = (0..vm.page_count())
+                    .filter(|&p| vm.primary(p) == Some(NodeId(1)))
+                    .map(|page| PageLoad {
+                        page: PageRef {
+                            volume: VolumeId(1),
+                            page,
+                        },
+                        load: 10.0,
+                    })
+                    .collect();
+                Ok(plan_hot_pages(t, &hot, 100).next)
+            })
+            .await
+            .unwrap();
+        let before = state_table_before.volume(VolumeId(1)).unwrap().primaries();
+        assert_ne!(
+            next.volume(VolumeId(1)).unwrap().primaries(),
+            before,
+            "pages moved"
+        );
+        // The watcher runs on its own: wait until it has raised the condition.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while a.pending_unit_attentions(&nexuses[0]).is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the unit attention is raised");
+        for n in &nexuses {
+            assert_eq!(
+                tur(&a, n).await,
+                (
+                    status::CHECK_CONDITION,
+                    Some((key::UNIT_ATTENTION, 0x2a, 0x06))
+                ),
+                "{n:?}"
+            );
+            assert_eq!(tur(&a, n).await, (status::GOOD, None), "reported once");
+            // Volume 2 did not change: nothing for its nexuses.
+            assert_eq!(tur(&b, n).await, (status::GOOD, None));
+        }
+        drop(exports);
+        task.abort();
+    }
+}
