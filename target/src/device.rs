@@ -51,7 +51,7 @@
 //!   nodes active/non-optimized, failed ones unavailable; so dm-multipath with
 //!   `prio alua` prefers the owner. A routing change that affects the volume raises
 //!   ASYMMETRIC ACCESS STATE CHANGED (2A/06) for every nexus
-//!   ([`crate::cluster::view::watch_routing_changes`]).
+//!   ([`crate::cluster::view::attach`]).
 //! - READ ROUTING TABLE (vendor specific, C5h; docs/wire-formats.md): a piece of
 //!   the volume's routing table. It is metadata, like REPORT TARGET PORT GROUPS: it
 //!   runs despite SPC-2 and persistent reservations. A stand-alone target answers

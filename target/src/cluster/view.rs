@@ -4,11 +4,11 @@
 //! initiators, docs/wire-formats.md) and for REPORT TARGET PORT GROUPS (one target
 //! port group per node, the owner of most pages active/optimized).
 //!
-//! [`watch_routing_changes`] is the other half: one task per node follows the
-//! node's [`ClusterState`] and, when a new table changes what the initiators of a
-//! volume see ([`affects`]), establishes ASYMMETRIC ACCESS STATE CHANGED (2A/06) on
-//! every I_T nexus of that volume's device, so each initiator learns of it on its
-//! next command and fetches the table again.
+//! [`attach`] gives a device its view and is the other half: a task per device
+//! follows the node's [`ClusterState`] and, when a new table changes what the
+//! initiators of the volume see ([`affects`]), establishes ASYMMETRIC ACCESS STATE
+//! CHANGED (2A/06) on every I_T nexus of the device, so each initiator learns of it
+//! on its next command and fetches the table again.
 //!
 //! A stand-alone target has no cluster: [`SingleNodeView`] describes it as a
 //! one-node cluster, so READ ROUTING TABLE works there too.
@@ -23,8 +23,8 @@ use mosaic_routing::{
 use tracing::debug;
 
 use super::state::ClusterState;
+use crate::device::Device;
 use crate::scsi::LogicalUnit;
-use crate::server::Exports;
 use crate::ua;
 
 /// A volume's view of the cluster it belongs to.
@@ -143,61 +143,61 @@ pub fn affects(old: &RoutingTable, new: &RoutingTable, volume: VolumeId) -> bool
     map(old) != map(new) || nodes(old) != nodes(new)
 }
 
-/// Follows `state`'s routing table and, on each change that [`affects`] a volume,
-/// establishes ASYMMETRIC ACCESS STATE CHANGED on every I_T nexus of that volume's
-/// device among `exports` (the devices with a cluster view attached; volumes
-/// added to `exports` later are covered). Ends when the state or the exports are
-/// dropped.
-pub fn watch_routing_changes(
-    state: &ClusterState,
-    exports: &Arc<Exports>,
-) -> tokio::task::JoinHandle<()> {
+/// Makes `device` the export of `volume` on `node` of the cluster behind `state`
+/// ([`Device::attach_cluster`]) and follows `state`'s routing table: on each new
+/// table that [`affects`] the volume, ASYMMETRIC ACCESS STATE CHANGED is
+/// established on every I_T nexus of the device. The task follows the device, not
+/// the node's exports: sessions keep the device they logged in to even when the
+/// export is replaced (a resize builds a new one), and they must hear of changes
+/// too. It ends at the first change after the device is dropped, or with `state`.
+/// Outside a tokio runtime only the view is attached (`None`).
+pub fn attach(
+    device: &Arc<Device>,
+    state: Arc<ClusterState>,
+    volume: VolumeId,
+    node: NodeId,
+) -> Option<tokio::task::JoinHandle<()>> {
     let mut rx = state.subscribe();
-    let exports: Weak<Exports> = Arc::downgrade(exports);
     // Taken now, not when the task first runs: a change in between must count.
     let mut seen = rx.borrow_and_update().clone();
-    tokio::spawn(async move {
+    device.attach_cluster(Arc::new(VolumeView::new(state, volume, node)));
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let device: Weak<Device> = Arc::downgrade(device);
+    Some(runtime.spawn(async move {
         while rx.changed().await.is_ok() {
             let next = rx.borrow_and_update().clone();
             if next.epoch() == seen.epoch() {
                 continue;
             }
-            let Some(exports) = exports.upgrade() else {
+            let Some(device) = device.upgrade() else {
                 return;
             };
-            for e in exports.all() {
-                let Some(view) = e.device.cluster() else {
-                    continue;
-                };
-                if affects(&seen, &next, view.volume()) {
-                    debug!(
-                        volume = %view.volume(),
-                        node = %view.node(),
-                        from = %seen.epoch(),
-                        to = %next.epoch(),
-                        "routing change: ASYMMETRIC ACCESS STATE CHANGED for every nexus"
-                    );
-                    e.device.raise_all(ua::asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
-                }
+            if affects(&seen, &next, volume) {
+                debug!(
+                    %volume,
+                    %node,
+                    from = %seen.epoch(),
+                    to = %next.epoch(),
+                    "routing change: ASYMMETRIC ACCESS STATE CHANGED for every nexus"
+                );
+                device.raise_all(ua::asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
             }
             seen = next;
         }
-    })
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{Device, Nexus};
+    use crate::device::Nexus;
     use crate::scsi::{LuConfig, ScsiRequest};
-    use crate::server::Export;
     use crate::store::BackingStore;
     use bytes::Bytes;
     use mosaic_coord::{Coordinator, EmbeddedCoordinator};
     use mosaic_proto::scsi::sense::key;
     use mosaic_proto::scsi::status;
-    use mosaic_routing::{plan_hot_pages, PageLoad, PageRef};
-    use std::collections::HashMap;
+    use mosaic_routing::{plan_hot_pages, plan_resize_volume, PageLoad, PageRef};
     use std::time::Duration;
 
     const BS: u32 = 512;
@@ -299,28 +299,8 @@ mod tests {
         let state = ClusterState::open(coord, t).await.unwrap();
         let state_table_before = state.table();
         let (a, b) = (device("a", 1), device("b", 1));
-        a.attach_cluster(Arc::new(VolumeView::new(
-            state.clone(),
-            VolumeId(1),
-            NodeId(1),
-        )));
-        b.attach_cluster(Arc::new(VolumeView::new(
-            state.clone(),
-            VolumeId(2),
-            NodeId(1),
-        )));
-        let mut map = HashMap::new();
-        for (iqn, d) in [("iqn.t:a", &a), ("iqn.t:b", &b)] {
-            map.insert(
-                iqn.to_string(),
-                Export {
-                    iqn: iqn.to_string(),
-                    device: d.clone(),
-                },
-            );
-        }
-        let exports = Arc::new(Exports::new(map));
-        let task = watch_routing_changes(&state, &exports);
+        let task_a = attach(&a, state.clone(), VolumeId(1), NodeId(1)).unwrap();
+        let task_b = attach(&b, state.clone(), VolumeId(2), NodeId(1)).unwrap();
         let nexuses: Vec<Nexus> = (1..=3)
             .map(|i| Nexus::new("iqn.i", i, "iqn.t:a", 1, 1))
             .collect();
@@ -373,7 +353,28 @@ mod tests {
             // Volume 2 did not change: nothing for its nexuses.
             assert_eq!(tur(&b, n).await, (status::GOOD, None));
         }
-        drop(exports);
-        task.abort();
+        // A dropped device ends its task at the next change.
+        drop(a);
+        let t = state.table();
+        state
+            .update(|_| {
+                Ok(plan_resize_volume(
+                    &t,
+                    VolumeId(2),
+                    t.volume(VolumeId(2)).unwrap().volume().blocks * 2,
+                )?)
+            })
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task_a)
+            .await
+            .expect("the task of a dropped device ends")
+            .unwrap();
+        assert_eq!(
+            tur(&b, &nexuses[0]).await.1,
+            Some((key::UNIT_ATTENTION, 0x2a, 0x06)),
+            "volume 2 resized"
+        );
+        task_b.abort();
     }
 }
