@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use mosaic_target::cluster::admin::{self, Admin, DEFAULT_ADMIN_ADDR};
+use mosaic_target::cluster::admin_client::{AdminClient, ClientError, CreateArgs};
 use mosaic_target::cluster::lab::{Lab, LabConfig};
 use mosaic_target::config::{Config, Settings};
 use mosaic_target::server::Server;
@@ -27,6 +29,127 @@ enum Command {
     /// Run a lab cluster: several nodes in this process, each volume spread over
     /// all of them by pages, a group portal for discovery and redirected logins.
     Lab(LabArgs),
+    /// Create, list, resize and delete the volumes of a running lab (through its
+    /// admin endpoint).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Show how a volume of a running lab is spread over the nodes.
+    #[command(subcommand)]
+    Routing(RoutingCommand),
+    /// Show a running lab: nodes, portals and their connections, sessions, I/O.
+    Status(AdminArgs),
+}
+
+/// Where a running lab's admin endpoint is.
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// The lab's admin endpoint (`mosaic lab --admin`).
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADMIN_ADDR)]
+    admin: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// Create a volume, spread over every node by pages.
+    Create {
+        /// Name (lower-case letters, digits, '-' and '.'); the IQN ends with it.
+        name: String,
+        /// Size in bytes or with K/M/G/T.
+        #[arg(long)]
+        size: String,
+        /// Logical block size: 512 or 4096.
+        #[arg(long)]
+        block_size: Option<u32>,
+        /// Page size (a power of two, bytes or K/M/G); the lab's by default.
+        #[arg(long)]
+        page_size: Option<String>,
+        /// Replicas per page besides the primary; the lab's by default.
+        #[arg(long)]
+        replicas: Option<u8>,
+        /// Where each node keeps its pages: file (the default) or memory.
+        #[arg(long)]
+        backing: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the volumes.
+    List(AdminArgs),
+    /// Grow or shrink a volume.
+    Resize {
+        name: String,
+        /// The new size in bytes or with K/M/G/T.
+        #[arg(long)]
+        size: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Delete a volume and its data.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RoutingCommand {
+    /// Pages per node and a compact map of a volume's pages.
+    Show {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// One request to the admin endpoint, answering text for people.
+type AdminCall<'a> = Box<dyn Fn(&AdminClient) -> Result<String, ClientError> + 'a>;
+
+/// Runs a client command against a lab's admin endpoint; `None` for the others.
+fn run_client(command: &Option<Command>) -> Option<Result<()>> {
+    let (addr, call): (&str, AdminCall) = match command {
+        Some(Command::Volume(VolumeCommand::Create {
+            name,
+            size,
+            block_size,
+            page_size,
+            replicas,
+            backing,
+            admin,
+        })) => {
+            let a = CreateArgs {
+                name: name.clone(),
+                size: size.clone(),
+                block_size: *block_size,
+                page_size: page_size.clone(),
+                replicas: *replicas,
+                backing: backing.clone(),
+            };
+            (&admin.admin, Box::new(move |c| c.create(&a)))
+        }
+        Some(Command::Volume(VolumeCommand::List(admin))) => (&admin.admin, Box::new(|c| c.list())),
+        Some(Command::Volume(VolumeCommand::Resize { name, size, admin })) => {
+            (&admin.admin, Box::new(move |c| c.resize(name, size)))
+        }
+        Some(Command::Volume(VolumeCommand::Delete { name, admin })) => {
+            (&admin.admin, Box::new(move |c| c.delete(name)))
+        }
+        Some(Command::Routing(RoutingCommand::Show { name, admin })) => {
+            (&admin.admin, Box::new(move |c| c.routing(name)))
+        }
+        Some(Command::Status(admin)) => (&admin.admin, Box::new(|c| c.status())),
+        _ => return None,
+    };
+    Some(match call(&AdminClient::new(addr)) {
+        Ok(text) => {
+            print!("{text}");
+            Ok(())
+        }
+        Err(e) => {
+            // A message for people, without a backtrace (RUST_BACKTRACE may be set).
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        }
+    })
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +172,9 @@ struct LabArgs {
     /// TCP port of the node portals; each node's inter-node link uses the next.
     #[arg(long, default_value_t = 3260)]
     port: u16,
+    /// The admin endpoint (HTTP: volume management, status, Prometheus metrics).
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADMIN_ADDR)]
+    admin: std::net::SocketAddr,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -138,9 +264,15 @@ fn print_banner(settings: &Settings, bound: &[std::net::SocketAddr]) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(result) = run_client(&cli.command) {
+        return result;
+    }
     let (args, lab) = match cli.command {
         Some(Command::Serve(a)) => (a, None),
         Some(Command::Lab(l)) => (l.serve.clone(), Some(l)),
+        Some(Command::Volume(_) | Command::Routing(_) | Command::Status(_)) => {
+            unreachable!("client commands are run above")
+        }
         None => (
             ServeArgs {
                 log: "info".into(),
@@ -174,11 +306,19 @@ fn main() -> Result<()> {
             replicas: lab.replicas,
             port: lab.port,
         };
+        let admin_addr = lab.admin;
         return runtime.block_on(async move {
             let lab = Lab::start(config.clone(), settings.clone()).await?;
-            print_lab_banner(&config, &settings, &lab);
+            let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+                .await
+                .with_context(|| format!("binding the admin endpoint {admin_addr}"))?;
+            let admin = Admin::for_lab(&lab);
+            print_lab_banner(&config, &settings, &lab, admin_addr);
             let stop_rx = stop_on_signal();
-            lab.run(stop_rx).await
+            let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stop_rx.clone()));
+            let result = lab.run(stop_rx).await;
+            admin_task.abort();
+            result
         });
     }
     runtime.block_on(async move {
@@ -205,7 +345,12 @@ fn stop_on_signal() -> watch::Receiver<bool> {
     stop_rx
 }
 
-fn print_lab_banner(config: &LabConfig, settings: &Settings, lab: &Lab) {
+fn print_lab_banner(
+    config: &LabConfig,
+    settings: &Settings,
+    lab: &Lab,
+    admin: std::net::SocketAddr,
+) {
     println!(
         "Mosaic lab cluster is running: {} nodes, {} NICs each.",
         config.nodes, config.nics
@@ -248,5 +393,9 @@ fn print_lab_banner(config: &LabConfig, settings: &Settings, lab: &Lab) {
     println!("  iscsi-ls -s iscsi://{g}");
     println!("  qemu-img info iscsi://{g}/{iqn}/0");
     println!("  iscsiadm -m discovery -t sendtargets -p {g}");
+    println!("Manage volumes and see the cluster (admin endpoint http://{admin}):");
+    println!("  mosaic volume create NAME --size 1G --admin {admin}");
+    println!("  mosaic volume list | mosaic routing show NAME | mosaic status  (--admin {admin})");
+    println!("  curl http://{admin}/metrics");
     println!("Stop with Ctrl-C.");
 }

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -22,10 +21,10 @@ use tracing::info;
 use super::link::{LinkConfig, LinkServer, Peers};
 use super::portals::PortalLoad;
 use super::state::{ClusterState, StateError};
-use super::store::{ClusterStore, IoStats, LocalVolume, NodeService};
-use crate::config::{Backing, Settings};
-use crate::server::{build_export, NodeIdentity, NodeSpec, Server};
-use crate::store::BackingStore;
+use super::store::{IoStats, NodeService};
+use super::volumes::{NodeParts, NodeVolumes};
+use crate::config::Settings;
+use crate::server::{NodeIdentity, NodeSpec, Server};
 
 /// The iSCSI port every portal of the lab listens on.
 pub const ISCSI_PORT: u16 = 3260;
@@ -92,6 +91,10 @@ pub struct Lab {
     pub portals: Arc<PortalLoad>,
     /// Each node's exports (volumes can be added at run time).
     pub exports: HashMap<u32, Arc<crate::server::Exports>>,
+    /// Each node's volumes, following the routing table.
+    pub volumes: HashMap<u32, Arc<NodeVolumes>>,
+    /// The coordinator every node shares.
+    pub coord: Arc<dyn Coordinator>,
     servers: Vec<Server>,
     links: Vec<LinkServer>,
 }
@@ -154,6 +157,7 @@ impl Lab {
         let mut links = Vec::new();
         let mut first_exports = None;
         let mut exports_by_node = HashMap::new();
+        let mut volumes_by_node = HashMap::new();
         for i in 1..=config.nodes {
             let state = ClusterState::open(coord.clone(), initial.clone()).await?;
             let table = state.table();
@@ -175,42 +179,28 @@ impl Lab {
                 tpgt: i as u16,
                 relative_port: i as u16,
             };
+            let volumes = Arc::new(NodeVolumes::new(NodeParts {
+                node: NodeId(i),
+                settings: node_settings.clone(),
+                identity,
+                coord: coord.clone(),
+                state: state.clone(),
+                service: service.clone(),
+                peers: peers.clone(),
+                stats: stats.clone(),
+            }));
             let mut exports = HashMap::new();
             for v in &settings.volumes {
                 let map = table
                     .volume_by_name(&v.name)
                     .with_context(|| format!("volume {} is not in the table", v.name))?;
-                let id = map.volume().id;
-                let local_store = match v.backing {
-                    Backing::File => {
-                        std::fs::create_dir_all(&node_dir).with_context(|| {
-                            format!("creating data directory {}", node_dir.display())
-                        })?;
-                        let path: PathBuf = node_dir.join(format!("{}.img", v.name));
-                        BackingStore::open_file(&path, v.size)
-                            .with_context(|| format!("node {i}: opening {}", path.display()))?
-                    }
-                    Backing::Memory => BackingStore::memory(v.size),
-                };
-                let local = Arc::new(LocalVolume {
-                    id,
-                    store: local_store,
-                });
-                service.add_volume(local.clone());
-                let store = BackingStore::Cluster(Arc::new(ClusterStore::new(
-                    id,
-                    v.size,
-                    NodeId(i),
-                    local,
-                    state.clone(),
-                    peers.clone(),
-                    stats.clone(),
-                )));
-                let export = build_export(&node_settings, v, store, identity)
-                    .with_context(|| format!("node {i}: volume {}", v.name))?;
+                let export = volumes.open(v, map.volume().id, false)?;
                 exports.insert(v.iqn.clone(), export);
             }
             let exports = Arc::new(crate::server::Exports::new(exports));
+            // Volumes created, resized or deleted from now on follow the table.
+            volumes.follow(exports.clone());
+            volumes_by_node.insert(i, volumes);
             if first_exports.is_none() {
                 first_exports = Some(exports.clone());
             }
@@ -262,9 +252,22 @@ impl Lab {
             stats: stats_by_node,
             portals,
             exports: exports_by_node,
+            volumes: volumes_by_node,
+            coord,
             servers,
             links,
         })
+    }
+
+    /// Each node's target (by node id) and the group portal's (`None`), for
+    /// sessions and status.
+    pub fn targets(&self) -> Vec<(Option<u32>, Arc<crate::server::Target>)> {
+        let nodes = self.config.nodes as usize;
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(k, s)| ((k < nodes).then_some(k as u32 + 1), s.target().clone()))
+            .collect()
     }
 
     /// Serves until `shutdown` turns `true`.

@@ -1,9 +1,12 @@
 //! The cluster: shared state in the coordinator, the inter-node link, and the
 //! clustered I/O path.
 
+pub mod admin;
+pub mod admin_client;
 pub mod lab;
 pub mod link;
 pub mod portals;
 pub mod state;
 pub mod store;
 pub mod view;
+pub mod volumes;

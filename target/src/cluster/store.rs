@@ -66,6 +66,14 @@ pub struct IoStats {
     pub rerouted: AtomicU64,
     /// Requests served for peers.
     pub served: AtomicU64,
+    /// Reads of a volume through this node (one per read command of an initiator).
+    pub reads: AtomicU64,
+    /// Writes of a volume through this node (one per write command).
+    pub writes: AtomicU64,
+    /// Bytes read through this node.
+    pub read_bytes: AtomicU64,
+    /// Bytes written through this node.
+    pub written_bytes: AtomicU64,
 }
 
 /// What this node serves to its peers: its local volumes.
@@ -398,6 +406,10 @@ impl ClusterStore {
 
     /// Reads `len` bytes at `offset`, each page from its primary.
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, ClusterIoError> {
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .read_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
         let pieces = self.map_pieces(offset, len as u64)?;
         if pieces.len() == 1 {
             let (page, off, l) = pieces[0];
@@ -426,6 +438,10 @@ impl ClusterStore {
         data: Bytes,
         fua: bool,
     ) -> Result<(), ClusterIoError> {
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .written_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let pieces = self.map_pieces(offset, data.len() as u64)?;
         try_join_all(pieces.iter().map(|&(page, off, l)| {
             let from = (off - offset) as usize;

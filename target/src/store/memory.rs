@@ -34,6 +34,20 @@ impl MemoryStore {
         }
     }
 
+    /// The same memory at `size` bytes (a volume resized at run time), sharing the
+    /// chunks with this store. Shrinking frees what lies past the new end, so a
+    /// later growth reads zeros there.
+    pub fn resized(&self, size: u64) -> MemoryStore {
+        if size < self.size {
+            self.deallocate(size, self.size - size);
+        }
+        MemoryStore {
+            size,
+            chunks: Arc::clone(&self.chunks),
+            flushes: Arc::clone(&self.flushes),
+        }
+    }
+
     /// Size in bytes.
     pub fn len(&self) -> u64 {
         self.size
@@ -160,6 +174,24 @@ mod tests {
         let data: Vec<u8> = (0..3 * CHUNK_SIZE + 17).map(|i| (i % 251) as u8).collect();
         m.write_at(1000, &data);
         assert_eq!(m.read_at(1000, data.len()), data);
+    }
+
+    #[test]
+    fn a_resized_store_keeps_its_data_and_a_shrink_forgets_the_tail() {
+        let c = CHUNK_SIZE as u64;
+        let m = MemoryStore::new(4 * c);
+        m.write_at(0, &vec![0xaa; 4 * CHUNK_SIZE]);
+        let grown = m.resized(8 * c);
+        assert_eq!(grown.len(), 8 * c);
+        assert_eq!(m.len(), 4 * c, "the old store keeps its size");
+        assert!(grown.read_at(0, 4 * CHUNK_SIZE).iter().all(|&b| b == 0xaa));
+        assert!(grown.read_at(4 * c, CHUNK_SIZE).iter().all(|&b| b == 0));
+        let shrunk = grown.resized(c + c / 2);
+        let regrown = shrunk.resized(4 * c);
+        let data = regrown.read_at(0, 4 * CHUNK_SIZE);
+        let cut = CHUNK_SIZE + CHUNK_SIZE / 2;
+        assert!(data[..cut].iter().all(|&b| b == 0xaa), "kept below the cut");
+        assert!(data[cut..].iter().all(|&b| b == 0), "zeros past the cut");
     }
 
     #[test]

@@ -108,6 +108,20 @@ impl BackingStore {
         BackingStore::Memory(MemoryStore::new(size_bytes))
     }
 
+    /// The same data at `size_bytes` (a volume resized at run time): a file is grown
+    /// or truncated, memory shares its chunks. The result shares the data with
+    /// `self`, which keeps its old size. A clustered store is resized by its
+    /// node instead (`cluster::volumes`), and refused here.
+    pub fn resized(&self, size_bytes: u64) -> Result<BackingStore, StoreError> {
+        match self {
+            BackingStore::File(f) => f.resized(size_bytes).map(BackingStore::File),
+            BackingStore::Memory(m) => Ok(BackingStore::Memory(m.resized(size_bytes))),
+            BackingStore::Cluster(_) => Err(StoreError::Cluster(
+                "a clustered volume is resized through the routing table".into(),
+            )),
+        }
+    }
+
     /// Size of the store in bytes.
     pub fn len(&self) -> u64 {
         match self {
