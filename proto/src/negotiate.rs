@@ -613,6 +613,8 @@ pub struct Negotiator {
     outgoing: Vec<KeyValue>,
     auth_keys: Vec<KeyValue>,
     send_targets: Option<String>,
+    /// Keys in the last answer: not declared again in the same PDU.
+    answered_now: HashSet<String>,
 }
 
 impl Negotiator {
@@ -633,6 +635,7 @@ impl Negotiator {
             outgoing: Vec::new(),
             auth_keys: Vec::new(),
             send_targets: None,
+            answered_now: HashSet::new(),
         }
     }
 
@@ -727,6 +730,7 @@ impl Negotiator {
         }
         let mut out: Vec<KeyValue> = answers.into_iter().flatten().collect();
         out.append(&mut self.outgoing);
+        self.answered_now = out.iter().map(|(k, _)| k.clone()).collect();
         Ok(out)
     }
 
@@ -1149,6 +1153,9 @@ impl Negotiator {
     }
 
     fn declare_text(&mut self, out: &mut Vec<KeyValue>, key: Key, value: &str) {
+        if self.answered_now.contains(key.name()) {
+            return;
+        }
         if self.offered.insert(key) {
             self.store_text(key, value);
             out.push((key.name().to_owned(), value.to_owned()));
@@ -1156,6 +1163,11 @@ impl Negotiator {
     }
 
     fn declare_number(&mut self, out: &mut Vec<KeyValue>, key: Key, value: u32) {
+        // A key answered in this very response (e.g. `Reject` to the peer's value)
+        // is declared with the next one: a key may appear once per PDU.
+        if self.answered_now.contains(key.name()) {
+            return;
+        }
         if self.offered.insert(key) {
             self.store_number(key, value, self.role);
             out.push((key.name().to_owned(), value.to_string()));

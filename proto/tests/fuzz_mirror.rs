@@ -536,8 +536,7 @@ mod props {
     /// (RFC 7143 §6.2) and our own `text::parse` refuses the response. Ignored until
     /// the negotiator is fixed; then drop `tolerate_known_repeat`.
     #[test]
-    #[ignore = "known issue: negotiator repeats a declared key after answering Reject"]
-    fn known_issue_reject_then_declare_repeats_the_key() {
+    fn reject_then_declare_does_not_repeat_the_key() {
         let mut n = Negotiator::target(limits_from(false, 0, false));
         n.set_leading(false);
         n.set_stage(Stage::Operational);
