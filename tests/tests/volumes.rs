@@ -1,0 +1,460 @@
+//! Volume management of a running lab cluster through its admin endpoint, with
+//! the `mosaic` CLI as the client and real iSCSI clients on the result:
+//!
+//! - `mosaic volume create` makes a volume that discovery at the group portal
+//!   lists at once, and that qemu-img writes through node 1 and reads back
+//!   identical through node 2 and the group portal; `mosaic routing show` finds
+//!   its pages on all three nodes; `mosaic volume list` and `mosaic status` show it.
+//! - `mosaic volume resize`: a new login sees the new capacity and the old data;
+//!   a session logged in before keeps the old capacity and is told CAPACITY DATA
+//!   HAS CHANGED.
+//! - `mosaic volume delete`: the volume leaves discovery and the listing.
+//! - Errors: an unknown volume, a name taken, an unreachable endpoint: non-zero
+//!   exit and a message that says so.
+//! - `/metrics` over a plain TcpStream: Prometheus text with the mosaic_* names.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mosaic_tests::initiator::{LoginOptions, Session, CHECK_CONDITION, GOOD};
+use mosaic_tests::server::{mosaic_bin, Mosaic};
+use mosaic_tests::tools::{self, RunOutput};
+
+const TOOL_LIMIT: Duration = Duration::from_secs(300);
+/// A CLI call waits for every node to follow the change (the endpoint gives up
+/// after 15 s).
+const CLI_LIMIT: Duration = Duration::from_secs(90);
+const NODES: u32 = 3;
+const NICS: u8 = 2;
+const VOLUME: &str = "dyn";
+/// 64 MiB in 4 MiB pages: 16 pages, enough to land on every node.
+const VOLUME_SIZE: &str = "64M";
+const PAGE_SIZE: &str = "4M";
+const IMAGE_BYTES: usize = 32 << 20;
+const BLOCK: u64 = 512;
+
+/// A port free on every lab address (node portals and, one higher, links).
+fn lab_port() -> u16 {
+    'next: for _ in 0..50 {
+        let port = free_port();
+        if port == u16::MAX {
+            continue;
+        }
+        for node in 1..=NODES {
+            for nic in 1..=NICS {
+                for p in [port, port + 1] {
+                    let a: SocketAddr = ([127, 0, node as u8, nic], p).into();
+                    if TcpListener::bind(a).is_err() {
+                        continue 'next;
+                    }
+                }
+            }
+        }
+        return port;
+    }
+    panic!("no free port on the lab addresses");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+struct Lab {
+    lab: Mosaic,
+    port: u16,
+    group: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn start_lab() -> Lab {
+    let port = lab_port();
+    let group: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let args: Vec<String> = [
+        "lab",
+        "--port",
+        &port.to_string(),
+        "--group-portal",
+        &group.to_string(),
+        "--admin",
+        &admin.to_string(),
+        "--data-dir",
+        "data",
+        "--volume",
+        "name=lv,size=16M,backing=memory",
+        "--log",
+        "info",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let lab =
+        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
+    // The admin endpoint is bound right after the portals.
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "admin endpoint {admin} not listening:\n{}",
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Lab {
+        lab,
+        port,
+        group,
+        admin,
+    }
+}
+
+/// `mosaic ARGS... --admin ADDR`.
+fn cli(admin: SocketAddr, args: &[&str]) -> RunOutput {
+    let mut cmd = Command::new(mosaic_bin());
+    cmd.args(args).arg("--admin").arg(admin.to_string());
+    tools::run(&mut cmd, CLI_LIMIT)
+}
+
+fn ok(out: RunOutput, what: &str) -> RunOutput {
+    assert!(out.success(), "{what} failed:\n{}", out.both());
+    out
+}
+
+fn refused(out: RunOutput, what: &str, message: &str) {
+    assert!(!out.success(), "{what} succeeded:\n{}", out.both());
+    assert!(
+        out.stderr.contains(message),
+        "{what}: expected {message:?} in:\n{}",
+        out.both()
+    );
+}
+
+/// One HTTP/1.1 GET over a plain TcpStream: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("status line of {head:?}"));
+    (status, body.to_string())
+}
+
+/// Pages per node from `mosaic routing show`: node -> (primary, replica).
+fn pages_per_node(out: &str) -> Vec<(u32, u64, u64)> {
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [n, p, r] => Some((n.parse().ok()?, p.parse().ok()?, r.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn random_image(path: &std::path::Path) {
+    let mut data = vec![0u8; IMAGE_BYTES];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(path, &data).expect("write image");
+}
+
+/// Takes every pending unit attention of a session; returns their (ASC, ASCQ).
+fn drain_unit_attentions(s: &mut Session) -> Vec<(u8, u8)> {
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let r = s.test_unit_ready().expect("TEST UNIT READY");
+        if r.status == GOOD {
+            return seen;
+        }
+        assert_eq!(r.status, CHECK_CONDITION, "TEST UNIT READY status");
+        let (key, asc, ascq) = r.sense_key().expect("sense data");
+        assert_eq!(
+            key, 0x6,
+            "UNIT ATTENTION expected, sense {asc:#x}/{ascq:#x}"
+        );
+        seen.push((asc, ascq));
+    }
+    panic!("unit attentions never ran out: {seen:?}");
+}
+
+#[test]
+fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
+    let test = "volumes_created_resized_and_deleted_at_run_time_work_through_every_node";
+    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+        eprintln!("{test}: skipped against an external target");
+        return;
+    }
+    let Some(qemu) = tools::qemu_img_with_iscsi() else {
+        tools::skip_or_fail(test, "no qemu-img with the iSCSI driver");
+        return;
+    };
+    let Some(ls) = tools::require(test, "iscsi-ls", "libiscsi-bin") else {
+        return;
+    };
+    let Lab {
+        mut lab,
+        port,
+        group,
+        admin,
+    } = start_lab();
+    let iqn = format!("iqn.2026-11.io.mosaic:{VOLUME}");
+    let url = |addr: String| format!("iscsi://{addr}/{iqn}/0");
+    let discover = || {
+        ok(
+            tools::run(
+                Command::new(&ls).arg(format!("iscsi://{group}")),
+                TOOL_LIMIT,
+            ),
+            "iscsi-ls at the group portal",
+        )
+        .both()
+    };
+    assert!(!discover().contains(&iqn), "not there before it is created");
+
+    // Create.
+    let out = ok(
+        cli(
+            admin,
+            &[
+                "volume",
+                "create",
+                VOLUME,
+                "--size",
+                VOLUME_SIZE,
+                "--page-size",
+                PAGE_SIZE,
+            ],
+        ),
+        "mosaic volume create",
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("created volume {VOLUME}: 64 MiB")),
+        "{}",
+        out.both()
+    );
+    refused(
+        cli(admin, &["volume", "create", VOLUME, "--size", "1M"]),
+        "creating it twice",
+        "exists",
+    );
+    let list = ok(cli(admin, &["volume", "list"]), "mosaic volume list").stdout;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&format!("{VOLUME} ")) && l.contains("64 MiB")),
+        "{list}"
+    );
+    assert!(list.lines().any(|l| l.starts_with("lv ")), "{list}");
+    let disc = discover();
+    for node in 1..=NODES {
+        let want = format!("Target:{iqn} Portal:127.0.{node}.1:{port},{node}");
+        assert!(disc.contains(&want), "{want} missing from:\n{disc}");
+    }
+
+    // Its pages are on all three nodes.
+    let routing = ok(
+        cli(admin, &["routing", "show", VOLUME]),
+        "mosaic routing show",
+    )
+    .stdout;
+    let per_node = pages_per_node(&routing);
+    assert_eq!(per_node.len(), NODES as usize, "a row per node:\n{routing}");
+    for (node, primary, _) in &per_node {
+        assert!(*primary > 0, "node {node} holds primary pages:\n{routing}");
+    }
+    assert_eq!(
+        per_node.iter().map(|(_, p, _)| p).sum::<u64>(),
+        16,
+        "16 pages of 4 MiB:\n{routing}"
+    );
+    assert!(
+        routing.contains("map (PAGES:PRIMARY+REPLICAS): 0"),
+        "{routing}"
+    );
+
+    // Written through node 1, identical through node 2 and the group portal.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("random.img");
+    random_image(&image);
+    let image = image.to_str().expect("utf-8").to_string();
+    ok(
+        tools::run(
+            qemu.command().args([
+                "convert",
+                "-n",
+                "-f",
+                "raw",
+                "-O",
+                "raw",
+                &image,
+                &url(format!("127.0.1.1:{port}")),
+            ]),
+            TOOL_LIMIT,
+        ),
+        "qemu-img convert into node 1",
+    );
+    let compare = |addr: String| {
+        let out = ok(
+            tools::run(
+                qemu.command().args([
+                    "compare",
+                    "-f",
+                    "raw",
+                    "-F",
+                    "raw",
+                    &image,
+                    &url(addr.clone()),
+                ]),
+                TOOL_LIMIT,
+            ),
+            &format!("qemu-img compare through {addr}"),
+        );
+        assert!(out.both().contains("identical"), "{addr}: {}", out.both());
+    };
+    compare(format!("127.0.2.2:{port}"));
+    compare(group.to_string());
+
+    // Status: every node, its portals, and I/O that went between nodes.
+    let status = ok(cli(admin, &["status"]), "mosaic status").stdout;
+    for node in 1..=NODES {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with(&format!("{node} ")) && l.contains("active")),
+            "node {node} in:\n{status}"
+        );
+        assert!(
+            status.contains(&format!("127.0.{node}.2:{port}")),
+            "node {node}'s second NIC in:\n{status}"
+        );
+    }
+    let (code, metrics) = http_get(admin, "/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    for name in [
+        "# TYPE mosaic_node_read_commands_total counter",
+        "mosaic_node_written_bytes_total{node=\"1\"}",
+        "mosaic_node_local_pieces_total{node=\"2\"}",
+        "mosaic_node_served_requests_total{node=\"3\"}",
+        "mosaic_node_sessions{node=\"1\"}",
+        "mosaic_routing_epoch ",
+        &format!("mosaic_portal_connections{{node=\"3\",portal=\"127.0.3.2:{port}\"}}"),
+        &format!("mosaic_volume_primary_pages{{volume=\"{VOLUME}\",node=\"1\"}}"),
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    // Node 1 wrote the image: pieces went to the other nodes.
+    let forwarded_1: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mosaic_node_forwarded_pieces_total{node=\"1\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("node 1's forwarded pieces in:\n{metrics}"));
+    assert!(forwarded_1 > 0, "{metrics}");
+    let (code, body) = http_get(admin, "/routing/nope");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+
+    // Resize: a session from before keeps the old capacity and hears of the change.
+    let mut opts = LoginOptions::new(&iqn);
+    opts.initiator_name = "iqn.2026-11.io.mosaic.test:resize".into();
+    let node2: SocketAddr = ([127, 0, 2, 1], port).into();
+    let mut before = Session::login(node2, &opts).expect("login before the resize");
+    before.lun = 0;
+    drain_unit_attentions(&mut before);
+    assert_eq!(
+        before.read_capacity().expect("READ CAPACITY").0,
+        (64 << 20) / BLOCK
+    );
+    let out = ok(
+        cli(admin, &["volume", "resize", VOLUME, "--size", "128M"]),
+        "mosaic volume resize",
+    );
+    assert!(out.stdout.contains("128 MiB"), "{}", out.both());
+    let uas = drain_unit_attentions(&mut before);
+    assert!(
+        uas.contains(&(0x2a, 0x09)),
+        "CAPACITY DATA HAS CHANGED among {uas:x?}"
+    );
+    let mut after = Session::login(node2, &opts).expect("login after the resize");
+    after.lun = 0;
+    drain_unit_attentions(&mut after);
+    assert_eq!(
+        after.read_capacity().expect("READ CAPACITY").0,
+        (128 << 20) / BLOCK,
+        "a new login sees the new size"
+    );
+    let _ = before.logout();
+    let _ = after.logout();
+    let info = ok(
+        tools::run(
+            qemu.command()
+                .args(["info", &url(format!("127.0.3.2:{port}"))]),
+            TOOL_LIMIT,
+        ),
+        "qemu-img info after the resize",
+    );
+    assert!(
+        info.stdout.contains("134217728 bytes"),
+        "128 MiB:\n{}",
+        info.both()
+    );
+    // The data written before the resize is still there (the rest reads zeros,
+    // which qemu-img compare accepts past the shorter image).
+    compare(format!("127.0.3.1:{port}"));
+    refused(
+        cli(admin, &["volume", "resize", "nope", "--size", "1G"]),
+        "resizing an unknown volume",
+        "no volume named \"nope\"",
+    );
+
+    // Delete.
+    ok(
+        cli(admin, &["volume", "delete", VOLUME]),
+        "mosaic volume delete",
+    );
+    assert!(!discover().contains(&iqn), "gone from discovery");
+    let list = ok(cli(admin, &["volume", "list"]), "mosaic volume list").stdout;
+    assert!(
+        !list.lines().any(|l| l.starts_with(&format!("{VOLUME} "))),
+        "{list}"
+    );
+    refused(
+        cli(admin, &["volume", "delete", VOLUME]),
+        "deleting it again",
+        "no volume named",
+    );
+    refused(
+        cli(admin, &["routing", "show", VOLUME]),
+        "routing of a deleted volume",
+        "no volume named",
+    );
+    lab.assert_alive("after the volume changes");
+
+    // Nothing listening: the client says where it looked.
+    let closed: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    refused(
+        cli(closed, &["status"]),
+        "status without a lab",
+        "cannot reach the admin endpoint",
+    );
+}
