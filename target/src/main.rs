@@ -173,8 +173,10 @@ struct LabArgs {
     #[arg(long, default_value_t = 3260)]
     port: u16,
     /// The admin endpoint (HTTP: volume management, status, Prometheus metrics).
-    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADMIN_ADDR)]
-    admin: std::net::SocketAddr,
+    /// Without the flag, 127.0.0.1:3280 if it is free (another lab may have it);
+    /// with it, the lab does not start unless it can bind this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin: Option<std::net::SocketAddr>,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -309,15 +311,31 @@ fn main() -> Result<()> {
         let admin_addr = lab.admin;
         return runtime.block_on(async move {
             let lab = Lab::start(config.clone(), settings.clone()).await?;
-            let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-                .await
-                .with_context(|| format!("binding the admin endpoint {admin_addr}"))?;
-            let admin = Admin::for_lab(&lab);
-            print_lab_banner(&config, &settings, &lab, admin_addr);
+            let admin_listener = match admin_addr {
+                Some(a) => Some(
+                    tokio::net::TcpListener::bind(a)
+                        .await
+                        .with_context(|| format!("binding the admin endpoint {a}"))?,
+                ),
+                None => match tokio::net::TcpListener::bind(DEFAULT_ADMIN_ADDR).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(
+                            "no admin endpoint: {DEFAULT_ADMIN_ADDR}: {e} (choose one with --admin)"
+                        );
+                        None
+                    }
+                },
+            };
+            let bound = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+            print_lab_banner(&config, &settings, &lab, bound);
             let stop_rx = stop_on_signal();
-            let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stop_rx.clone()));
+            let admin_task = admin_listener
+                .map(|l| tokio::spawn(admin::serve(Admin::for_lab(&lab), l, stop_rx.clone())));
             let result = lab.run(stop_rx).await;
-            admin_task.abort();
+            if let Some(t) = admin_task {
+                t.abort();
+            }
             result
         });
     }
@@ -349,7 +367,7 @@ fn print_lab_banner(
     config: &LabConfig,
     settings: &Settings,
     lab: &Lab,
-    admin: std::net::SocketAddr,
+    admin: Option<std::net::SocketAddr>,
 ) {
     println!(
         "Mosaic lab cluster is running: {} nodes, {} NICs each.",
@@ -393,9 +411,13 @@ fn print_lab_banner(
     println!("  iscsi-ls -s iscsi://{g}");
     println!("  qemu-img info iscsi://{g}/{iqn}/0");
     println!("  iscsiadm -m discovery -t sendtargets -p {g}");
-    println!("Manage volumes and see the cluster (admin endpoint http://{admin}):");
-    println!("  mosaic volume create NAME --size 1G --admin {admin}");
-    println!("  mosaic volume list | mosaic routing show NAME | mosaic status  (--admin {admin})");
-    println!("  curl http://{admin}/metrics");
+    if let Some(admin) = admin {
+        println!("Manage volumes and see the cluster (admin endpoint http://{admin}):");
+        println!("  mosaic volume create NAME --size 1G --admin {admin}");
+        println!(
+            "  mosaic volume list | mosaic routing show NAME | mosaic status  (--admin {admin})"
+        );
+        println!("  curl http://{admin}/metrics");
+    }
     println!("Stop with Ctrl-C.");
 }
