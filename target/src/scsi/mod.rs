@@ -451,6 +451,19 @@ impl LogicalUnit {
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: physical blocks are 4 KiB, so 3 for
+    /// 512-byte logical blocks and 0 for 4096-byte ones.
+    fn lbppb_exponent(&self) -> u8 {
+        const PHYSICAL_BLOCK_SIZE: u32 = 4096;
+        let per = (PHYSICAL_BLOCK_SIZE / self.cfg.block_size).max(1);
+        per.trailing_zeros() as u8
+    }
+
+    /// Logical blocks per physical block (1 << LBPPBE).
+    fn lbppb(&self) -> u64 {
+        1 << self.lbppb_exponent()
+    }
+
     /// Byte offset of a logical block in the store.
     fn offset_of(&self, lba: u64) -> u64 {
         lba * u64::from(self.cfg.block_size)
@@ -603,9 +616,8 @@ impl LogicalUnit {
         ScsiResult::good(Bytes::from(d), 8)
     }
 
-    /// READ CAPACITY(16) (SBC-3 §5.16.2): no protection, one logical block per physical
-    /// block (LBPPBE 0: libiscsi's GetLBAStatus.UnmapSingle cannot pass with more, as
-    /// it expects the first descriptor of a query at LBA i + 1 to start at i + LBPPB);
+    /// READ CAPACITY(16) (SBC-3 §5.16.2): no protection, 4 KiB physical blocks (LBPPBE
+    /// 3 for 512-byte logical blocks, 0 for 4096-byte ones; lowest aligned LBA 0);
     /// LBPME and LBPRZ = 1 on a thin volume (deallocated blocks read as zeros),
     /// both 0 when fully provisioned. Any allocation length is fine, even 0.
     fn read_capacity16(&self, alloc_len: u32) -> ScsiResult {
@@ -615,6 +627,7 @@ impl LogicalUnit {
         let mut d = vec![0u8; READ_CAPACITY_16_LEN];
         d[0..8].copy_from_slice(&(self.num_blocks - 1).to_be_bytes());
         d[8..12].copy_from_slice(&self.cfg.block_size.to_be_bytes());
+        d[13] = self.lbppb_exponent();
         if self.opts.thin {
             d[14] = LBPME_LBPRZ;
         }

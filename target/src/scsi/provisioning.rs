@@ -220,11 +220,17 @@ impl LogicalUnit {
     /// `lba`, as many as fit the allocation length (at most
     /// [`MAX_LBA_STATUS_DESCRIPTORS`]) or until the end of the unit. A starting LBA
     /// past the last block is LBA OUT OF RANGE. A block only partly backed by storage
-    /// counts as mapped.
+    /// counts as mapped. Status is reported per physical block: a starting LBA inside
+    /// a physical block starts the report at the next one (as libiscsi's
+    /// GetLBAStatus.UnmapSingle expects), unless that is past the end.
     pub(super) async fn get_lba_status(&self, lba: u64, alloc_len: u32) -> ScsiResult {
         if lba >= self.num_blocks {
             return ScsiResult::check(Sense::new(key::ILLEGAL_REQUEST, Asc::LBA_OUT_OF_RANGE), 0);
         }
+        let lba = match lba.next_multiple_of(self.lbppb()) {
+            aligned if aligned < self.num_blocks => aligned,
+            _ => lba,
+        };
         let fit =
             (alloc_len as usize).saturating_sub(LBA_STATUS_HEADER_LEN) / LBA_STATUS_DESCRIPTOR_LEN;
         let max = (fit as u32).clamp(1, MAX_LBA_STATUS_DESCRIPTORS);
@@ -524,9 +530,21 @@ mod tests {
 
     #[tokio::test]
     async fn get_lba_status_on_thick_volume_is_all_mapped() {
-        let r = exec(&thick_lu(), &get_lba_status(5, 64)).await;
+        let r = exec(&thick_lu(), &get_lba_status(8, 64)).await;
         assert_good(&r);
-        assert_eq!(descriptors(&r.data_in), vec![(5, BLOCKS as u32 - 5, 0)]);
+        assert_eq!(descriptors(&r.data_in), vec![(8, BLOCKS as u32 - 8, 0)]);
+    }
+
+    #[tokio::test]
+    async fn get_lba_status_reports_whole_physical_blocks() {
+        let lu = lu();
+        fill(&lu, 128, 128, 1).await;
+        // 512-byte blocks, 8 per physical block: LBA 129 reports from 136.
+        let r = exec(&lu, &get_lba_status(129, 24)).await;
+        assert_eq!(descriptors(&r.data_in), vec![(136, 120, 0)]);
+        // In the last physical block: from the requested LBA.
+        let r = exec(&lu, &get_lba_status(BLOCKS - 3, 24)).await;
+        assert_eq!(descriptors(&r.data_in), vec![(BLOCKS - 3, 3, 1)]);
     }
 
     #[tokio::test]

@@ -495,7 +495,7 @@ async fn read_capacity16_reports_last_lba_and_no_protection() {
     assert_eq!(&r.data_in[..8], &(BLOCKS - 1).to_be_bytes());
     assert_eq!(&r.data_in[8..12], &4096u32.to_be_bytes());
     assert_eq!(r.data_in[12], 0, "PROT_EN = 0");
-    assert_eq!(r.data_in[13], 0, "one logical block per physical block");
+    assert_eq!(r.data_in[13], 0, "LBPPBE 0 for 4 KiB blocks");
     assert_eq!(r.data_in[14] & 0xc0, 0xc0, "thin: LBPME = LBPRZ = 1");
 }
 
@@ -508,6 +508,7 @@ async fn read_capacity16_of_a_thick_volume_has_lbpme_0() {
     let r = exec(&thick_lu(), &c).await;
     assert_good(&r);
     assert_eq!(r.data_in[14] & 0xc0, 0, "LBPME = LBPRZ = 0");
+    assert_eq!(r.data_in[13], 3, "LBPPBE 3 for 512-byte blocks");
 }
 
 #[tokio::test]
