@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
@@ -21,12 +21,19 @@ pub struct FileStore {
     /// Buffered writes with RWF_NOWAIT work here; cleared the first time the
     /// kernel says it does not support them, so we stop trying.
     nowait_writes: Arc<AtomicBool>,
+    /// Writes still to send to the pool after an inline write was slow.
+    pool_writes_left: Arc<AtomicU32>,
 }
 
 /// Largest write done on the runtime's worker thread when non-blocking buffered
 /// writes are unsupported; larger ones go to the pool so a worker is not held for a
 /// long copy.
 const INLINE_WRITE_MAX: usize = 256 * 1024;
+
+/// An inline write slower than this means the kernel is throttling writers.
+const SLOW_INLINE_WRITE: std::time::Duration = std::time::Duration::from_micros(500);
+/// Writes sent to the pool after a slow inline one, before trying inline again.
+const POOL_WRITES_AFTER_STALL: u32 = 1024;
 
 /// What a non-blocking attempt at an I/O gave.
 enum NoWait {
@@ -116,6 +123,7 @@ impl FileStore {
             file: Arc::new(file),
             size,
             nowait_writes: Arc::new(AtomicBool::new(true)),
+            pool_writes_left: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -139,6 +147,7 @@ impl FileStore {
             file: Arc::new(file),
             size,
             nowait_writes: Arc::new(AtomicBool::new(true)),
+            pool_writes_left: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -155,6 +164,7 @@ impl FileStore {
             file: Arc::clone(&self.file),
             size,
             nowait_writes: Arc::clone(&self.nowait_writes),
+            pool_writes_left: Arc::clone(&self.pool_writes_left),
         })
     }
 
@@ -165,6 +175,7 @@ impl FileStore {
             file: Arc::new(file),
             size,
             nowait_writes: Arc::new(AtomicBool::new(true)),
+            pool_writes_left: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -248,13 +259,23 @@ impl FileStore {
             offset: pos,
             source,
         };
-        if data.len() <= INLINE_WRITE_MAX {
+        if data.len() <= INLINE_WRITE_MAX && self.pool_writes_left.load(Ordering::Relaxed) == 0 {
             // A small buffered write is a copy into the page cache, a few
             // microseconds: done on this worker it costs less than any hand-off
             // (measured: block_in_place and spawn_blocking both cost more than the
-            // copy). Writeback throttling can stall it; larger writes go to the pool.
-            return self.file.write_all_at(&data[done..], pos).map_err(io_err);
+            // copy). When the kernel starts throttling (writeback), a write takes
+            // long: the next writes then go to the pool, so workers keep serving.
+            let started = std::time::Instant::now();
+            let r = self.file.write_all_at(&data[done..], pos).map_err(io_err);
+            if started.elapsed() > SLOW_INLINE_WRITE {
+                self.pool_writes_left
+                    .store(POOL_WRITES_AFTER_STALL, Ordering::Relaxed);
+            }
+            return r;
         }
+        let _ = self
+            .pool_writes_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         let file = Arc::clone(&self.file);
         tokio::task::spawn_blocking(move || {
             let pos = offset + done as u64;
@@ -519,6 +540,7 @@ mod tests {
             file: Arc::new(File::open(&path).unwrap()),
             size: 4096,
             nowait_writes: Arc::new(AtomicBool::new(true)),
+            pool_writes_left: Arc::new(AtomicU32::new(0)),
         };
         let err = f.write_at(0, Bytes::from_static(b"x")).await.unwrap_err();
         assert!(matches!(err, StoreError::Io { op: "write", .. }), "{err}");
