@@ -377,6 +377,7 @@ impl Conn {
             .zip(self.local)
             .map(|((_, g), local)| self.target.portals.join_group(g, local));
         let mut stop = handle.stop.clone();
+        let abort_tasks = handle.abort_tasks.clone();
         let mut shutdown = self.shutdown.clone();
         let outcome = loop {
             let idle = self.target.settings.nop_interval;
@@ -388,6 +389,12 @@ impl Conn {
             let read = tokio::select! {
                 r = self.read_pdu() => r,
                 _ = stopped(&mut stop) => break Err(ConnError::Stopped("session reinstated")),
+                _ = abort_tasks.notified() => {
+                    // Another initiator's PREEMPT AND ABORT (SPC-4 §5.13.11.2.4).
+                    info!(peer = %self.peer, "tasks aborted by another initiator's PREEMPT AND ABORT");
+                    session.abort_all();
+                    continue;
+                }
                 _ = stopped(&mut shutdown) => break Err(ConnError::Stopped("target shutting down")),
                 _ = sleep_until_opt(deadline) => {
                     if session.ping.is_some() {

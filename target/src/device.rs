@@ -156,6 +156,23 @@ pub struct Device {
     /// initiator fetches a large table in many pieces, and encoding it for each
     /// would cost the whole table every time.
     routing_encoding: Mutex<Option<EncodedTable>>,
+    /// Aborts the tasks of the given initiators' sessions to this volume (PREEMPT
+    /// AND ABORT); set by the server, which owns the sessions.
+    task_aborter: OnceLock<TaskAborter>,
+}
+
+/// Aborts every task of the sessions of these initiators (see
+/// [`Device::set_task_aborter`]).
+#[derive(Clone)]
+pub struct TaskAborter(pub Arc<AbortFn>);
+
+/// The function behind a [`TaskAborter`].
+pub type AbortFn = dyn Fn(&[Initiator]) + Send + Sync;
+
+impl std::fmt::Debug for TaskAborter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TaskAborter")
+    }
 }
 
 /// A routing table and its wire encoding for this device's volume.
@@ -342,6 +359,7 @@ impl Device {
             cluster: OnceLock::new(),
             single_node: OnceLock::new(),
             routing_encoding: Mutex::new(None),
+            task_aborter: OnceLock::new(),
         }
     }
 
@@ -386,6 +404,12 @@ impl Device {
             },
             aptpl_file,
         ))
+    }
+
+    /// Lets PREEMPT AND ABORT abort the preempted initiators' tasks (SPC-4
+    /// §5.13.11.2.4): the server, which owns the sessions, sets this once.
+    pub fn set_task_aborter(&self, aborter: TaskAborter) {
+        let _ = self.task_aborter.set(aborter);
     }
 
     /// The logical unit below.
@@ -547,11 +571,14 @@ impl Device {
             st.raise_for(who, *asc);
         }
         if !fx.abort.is_empty() {
-            tracing::info!(
-                lu = %self.lu.config().name,
-                preempted = ?fx.abort,
-                "PREEMPT AND ABORT: the preempted nexuses' tasks are not aborted by the device"
-            );
+            match self.task_aborter.get() {
+                Some(abort) => (abort.0)(&fx.abort),
+                None => tracing::info!(
+                    lu = %self.lu.config().name,
+                    preempted = ?fx.abort,
+                    "PREEMPT AND ABORT: no session hook, the preempted nexuses' tasks run on"
+                ),
+            }
         }
         good(Vec::new(), param_len)
     }

@@ -13,8 +13,9 @@ use tracing::{info, warn};
 
 use crate::cluster::portals::PortalLoad;
 use crate::config::{Backing, Settings};
-use crate::device::Device;
+use crate::device::{Device, TaskAborter};
 use crate::login::{LoginTarget, TargetAccess};
+use crate::pr::Initiator;
 use crate::scsi::{LogicalUnit, LuConfig, LuOptions};
 use crate::session::SessionRegistry;
 use crate::store::BackingStore;
@@ -287,10 +288,24 @@ impl Server {
                 .collect(),
             redirect: redirect.then(|| portals.clone()),
         };
+        let registry = Arc::new(SessionRegistry::default());
+        for e in exports.all() {
+            // PREEMPT AND ABORT reaches the preempted initiators' sessions here.
+            let sessions = Arc::downgrade(&registry);
+            let iqn = e.iqn.clone();
+            e.device
+                .set_task_aborter(TaskAborter(Arc::new(move |who: &[Initiator]| {
+                    if let Some(reg) = sessions.upgrade() {
+                        reg.abort_tasks_where(&iqn, |port| {
+                            who.iter().any(|i| i.matches_port(port))
+                        });
+                    }
+                })));
+        }
         let target = Arc::new(Target {
             settings,
             exports,
-            registry: Arc::new(SessionRegistry::default()),
+            registry,
             login,
             bound,
             identity,

@@ -101,6 +101,8 @@ pub struct SessionKey {
 #[derive(Debug)]
 struct Entry {
     key: SessionKey,
+    /// Wakes the session to abort all its tasks (PREEMPT AND ABORT).
+    abort: Arc<tokio::sync::Notify>,
     /// Set to `true` to tell the session's connection to stop.
     stop: watch::Sender<bool>,
     /// Becomes `true` when the session's connection has finished.
@@ -126,6 +128,8 @@ pub struct SessionHandle {
     registry: Arc<SessionRegistry>,
     /// Flips to `true` when the session must stop (reinstated elsewhere).
     pub stop: watch::Receiver<bool>,
+    /// Notified when another nexus's PREEMPT AND ABORT aborts this session's tasks.
+    pub abort_tasks: Arc<tokio::sync::Notify>,
     done: watch::Sender<bool>,
 }
 
@@ -186,10 +190,12 @@ impl SessionRegistry {
         let tsih = tsih.ok_or(RegistryError::Full)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
+        let abort = Arc::new(tokio::sync::Notify::new());
         inner.sessions.insert(
             tsih,
             Entry {
                 key,
+                abort: abort.clone(),
                 stop: stop_tx,
                 done: done_rx,
             },
@@ -198,8 +204,26 @@ impl SessionRegistry {
             tsih,
             registry: self.clone(),
             stop: stop_rx,
+            abort_tasks: abort,
             done: done_tx,
         })
+    }
+
+    /// Asks every session to `target_name` whose initiator port
+    /// (`<name>,i,0x<ISID>`) satisfies `matches` to abort all its tasks; returns how
+    /// many were asked.
+    pub fn abort_tasks_where(&self, target_name: &str, matches: impl Fn(&str) -> bool) -> usize {
+        let inner = self.inner.lock();
+        let mut n = 0;
+        for e in inner.sessions.values() {
+            let port = format!("{},i,0x{:012x}", e.key.initiator_name, e.key.isid);
+            if e.key.target_name == target_name && matches(&port) {
+                // A stored permit: the session aborts even if it is busy right now.
+                e.abort.notify_one();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Tells every session but `keep` to stop (TARGET COLD RESET).
@@ -313,6 +337,32 @@ mod tests {
         assert_ne!(new.tsih, old_tsih);
         assert!(!reg.contains(old_tsih));
         assert_eq!(reg.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn abort_reaches_only_matching_sessions() {
+        let reg = Arc::new(SessionRegistry::default());
+        let k = |isid| SessionKey {
+            initiator_name: "iqn.i".into(),
+            isid,
+            target_name: "iqn.t".into(),
+        };
+        let a = reg.register(k(1), 10).await.unwrap();
+        let b = reg.register(k(2), 10).await.unwrap();
+        let asked = reg.abort_tasks_where("iqn.t", |p| p == "iqn.i,i,0x000000000001");
+        assert_eq!(asked, 1);
+        tokio::time::timeout(std::time::Duration::from_secs(1), a.abort_tasks.notified())
+            .await
+            .expect("session a was asked");
+        assert!(
+            tokio::time::timeout(
+                std::time::Duration::from_millis(50),
+                b.abort_tasks.notified()
+            )
+            .await
+            .is_err(),
+            "session b was not"
+        );
     }
 
     #[tokio::test]
