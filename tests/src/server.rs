@@ -499,3 +499,26 @@ fn signal(pid: u32, sig: libc::c_int) {
         libc::kill(pid as libc::pid_t, sig);
     }
 }
+
+/// A TCP port free on every address of a `mosaic lab` with `nodes` nodes of `nics`
+/// NICs (`127.0.i.j`), and one higher (each node's inter-node link).
+pub fn lab_port(nodes: u32, nics: u8) -> u16 {
+    'next: for _ in 0..50 {
+        let port = free_port();
+        if port == u16::MAX {
+            continue;
+        }
+        for node in 1..=nodes {
+            for nic in 1..=nics {
+                for p in [port, port + 1] {
+                    let a: SocketAddr = ([127, 0, node as u8, nic], p).into();
+                    if TcpListener::bind(a).is_err() {
+                        continue 'next;
+                    }
+                }
+            }
+        }
+        return port;
+    }
+    panic!("no free port on the lab addresses");
+}

@@ -21,27 +21,7 @@ const IMAGE_BYTES: usize = 256 << 20;
 
 /// A port free on every lab address (node portals and, one higher, links).
 fn lab_port() -> u16 {
-    'next: for _ in 0..50 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind 127.0.0.1:0");
-        if port == u16::MAX {
-            continue;
-        }
-        for node in 1..=NODES {
-            for nic in 1..=NICS {
-                for p in [port, port + 1] {
-                    let a: SocketAddr = ([127, 0, node as u8, nic], p).into();
-                    if TcpListener::bind(a).is_err() {
-                        continue 'next;
-                    }
-                }
-            }
-        }
-        return port;
-    }
-    panic!("no free port on the lab addresses");
+    mosaic_tests::server::lab_port(NODES, NICS)
 }
 
 fn start_lab() -> (Mosaic, u16, SocketAddr) {

@@ -37,24 +37,7 @@ const BLOCK: u64 = 512;
 
 /// A port free on every lab address (node portals and, one higher, links).
 fn lab_port() -> u16 {
-    'next: for _ in 0..50 {
-        let port = free_port();
-        if port == u16::MAX {
-            continue;
-        }
-        for node in 1..=NODES {
-            for nic in 1..=NICS {
-                for p in [port, port + 1] {
-                    let a: SocketAddr = ([127, 0, node as u8, nic], p).into();
-                    if TcpListener::bind(a).is_err() {
-                        continue 'next;
-                    }
-                }
-            }
-        }
-        return port;
-    }
-    panic!("no free port on the lab addresses");
+    mosaic_tests::server::lab_port(NODES, NICS)
 }
 
 fn free_port() -> u16 {
