@@ -1388,59 +1388,37 @@ fn stamp(bhs: &mut Bhs, stat_sn: &mut u32, window: Option<&CmdWindow>) {
         }
         v
     };
-    let has_window = window.is_some();
+    // StatSN (advanced or not), ExpCmdSN and MaxCmdSN of one target PDU.
+    macro_rules! seq {
+        ($p:expr, $advance:expr) => {{
+            $p.stat_sn = take($advance);
+            $p.exp_cmd_sn = exp;
+            $p.max_cmd_sn = max;
+        }};
+    }
     match bhs {
-        Bhs::ScsiResponse(p) => {
-            p.stat_sn = take(true);
-            p.exp_cmd_sn = exp;
-            p.max_cmd_sn = max;
-        }
+        Bhs::ScsiResponse(p) => seq!(p, true),
+        Bhs::TaskMgmtResponse(p) => seq!(p, true),
+        Bhs::TextResponse(p) => seq!(p, true),
+        Bhs::LogoutResponse(p) => seq!(p, true),
+        Bhs::Reject(p) => seq!(p, true),
+        Bhs::AsyncMessage(p) => seq!(p, true),
+        Bhs::R2t(p) => seq!(p, false),
+        // A ping (ITT reserved) does not advance StatSN (RFC 7143 §11.19.4).
+        Bhs::NopIn(p) => seq!(p, p.itt != RESERVED_TAG),
         Bhs::DataIn(p) => {
-            p.stat_sn = if p.status_present { take(true) } else { 0 };
-            p.exp_cmd_sn = exp;
-            p.max_cmd_sn = max;
-        }
-        Bhs::NopIn(p) => {
-            // A ping (ITT reserved) does not advance StatSN (RFC 7143 §11.19.4).
-            p.stat_sn = take(p.itt != RESERVED_TAG);
-            p.exp_cmd_sn = exp;
-            p.max_cmd_sn = max;
-        }
-        Bhs::R2t(p) => {
-            p.stat_sn = take(false);
-            p.exp_cmd_sn = exp;
-            p.max_cmd_sn = max;
-        }
-        Bhs::TaskMgmtResponse(p) => {
-            p.stat_sn = take(true);
-            p.exp_cmd_sn = exp;
-            p.max_cmd_sn = max;
-        }
-        Bhs::TextResponse(p) => {
-            p.stat_sn = take(true);
-            p.exp_cmd_sn = exp;
-            p.max_cmd_sn = max;
-        }
-        Bhs::LogoutResponse(p) => {
-            p.stat_sn = take(true);
-            p.exp_cmd_sn = exp;
-            p.max_cmd_sn = max;
-        }
-        Bhs::Reject(p) => {
-            p.stat_sn = take(true);
-            p.exp_cmd_sn = exp;
-            p.max_cmd_sn = max;
-        }
-        Bhs::AsyncMessage(p) => {
-            p.stat_sn = take(true);
-            p.exp_cmd_sn = exp;
-            p.max_cmd_sn = max;
+            let with_status = p.status_present;
+            seq!(p, with_status);
+            if !with_status {
+                // StatSN is reserved in a Data-In without status (§11.7.4).
+                p.stat_sn = 0;
+            }
         }
         Bhs::LoginResponse(p) => {
             // During login the window is not running yet: the login code set
             // ExpCmdSN/MaxCmdSN from the request.
             p.stat_sn = take(true);
-            if has_window {
+            if window.is_some() {
                 p.exp_cmd_sn = exp;
                 p.max_cmd_sn = max;
             }
