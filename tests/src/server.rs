@@ -199,6 +199,9 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     newest
 }
 
+/// The last line of `mosaic`'s start-up banners, printed once its portals are bound.
+const BANNER_END: &str = "Stop with Ctrl-C.";
+
 /// A free TCP port on 127.0.0.1 (free when asked; the caller retries on a clash).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -256,10 +259,7 @@ impl Mosaic {
             };
         }
         let log_level = std::env::var("MOSAIC_TEST_LOG").unwrap_or_else(|_| "info".into());
-        let mut last_log = String::new();
-        for attempt in 1..=PORT_ATTEMPTS {
-            let port = free_port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        Mosaic::launch_on_free_port(|addr| {
             let mut args = vec![
                 "serve".to_string(),
                 "--portal".into(),
@@ -275,7 +275,18 @@ impl Mosaic {
                 args.push(v.arg());
             }
             args.extend(extra.iter().map(|s| s.to_string()));
-            match Mosaic::launch(&args, addr) {
+            args
+        })
+    }
+
+    /// Launches `mosaic` with the arguments `args_for(portal)` builds for a free
+    /// 127.0.0.1 portal, picking another port when the chosen one was taken meanwhile.
+    pub fn launch_on_free_port(args_for: impl Fn(SocketAddr) -> Vec<String>) -> Mosaic {
+        let mut last_log = String::new();
+        for attempt in 1..=PORT_ATTEMPTS {
+            let port = free_port();
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            match Mosaic::launch(&args_for(addr), addr) {
                 Ok(m) => return m,
                 Err(log) => {
                     let in_use = log.to_ascii_lowercase().contains("in use");
@@ -324,7 +335,10 @@ impl Mosaic {
     fn wait_listening(&mut self) -> Result<(), String> {
         let start = Instant::now();
         loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            // The banner is printed once every portal is bound: without it, whatever
+            // answers on the port may be another test's server that won a port race.
+            if self.banner_printed()
+                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
                 && self.is_alive()
             {
                 return Ok(());
@@ -410,6 +424,13 @@ impl Mosaic {
     }
 
     /// The server's stdout and stderr so far (the last 80 lines of each).
+    /// Whether the server printed its start-up banner (after binding its portals).
+    fn banner_printed(&self) -> bool {
+        std::fs::read_to_string(self.dir.path().join("stdout.log"))
+            .map(|s| s.contains(BANNER_END))
+            .unwrap_or(false)
+    }
+
     pub fn log(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
         format!(

@@ -10,7 +10,6 @@
 //!   a different I_T nexus and conflicts (SPC-4 §5.13.5, §5.13.7).
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -176,24 +175,22 @@ fn read_status(s: &mut Session) -> u8 {
 
 /// Starts `mosaic serve` on a free port with `data_dir` as its data directory.
 fn start_on(data_dir: &Path) -> Mosaic {
-    let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
-    let args: Vec<String> = [
-        "serve",
-        "--portal",
-        &addr.to_string(),
-        "--data-dir",
-        &data_dir.display().to_string(),
-        "--volume",
-        "name=pr,size=16M,backing=file",
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    Mosaic::launch(&args, addr).unwrap_or_else(|log| panic!("mosaic did not start:\n{log}"))
+    Mosaic::launch_on_free_port(|addr| {
+        [
+            "serve",
+            "--portal",
+            &addr.to_string(),
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--volume",
+            "name=pr,size=16M,backing=file",
+            "--log",
+            "info",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    })
 }
 
 fn login(server: &Mosaic, name: &str, isid: u64) -> Session {
