@@ -1,7 +1,10 @@
 //! `mosaic`: the Mosaic iSCSI target.
 //!
-//! `mosaic` alone serves a 1 GiB demo volume on 127.0.0.1:3260 from a sparse file
-//! under `./data`; `mosaic serve --help` lists what can be changed.
+//! `mosaic` alone starts the lab cluster (as `mosaic lab` does): three nodes in this
+//! process, each with two NIC portals (`127.0.i.1:3260`, `127.0.i.2:3260`), a group
+//! portal on 127.0.0.1:3260 for discovery and redirected logins, and a 1 GiB demo
+//! volume spread over all nodes (sparse files under `./data/node<i>`); it takes the
+//! lab's flags (`mosaic lab --help`). `mosaic serve` is the single-node target.
 
 use std::path::PathBuf;
 
@@ -16,18 +19,30 @@ use tokio::sync::watch;
 use tracing::info;
 
 #[derive(Debug, Parser)]
-#[command(name = "mosaic", version, about = "Mosaic iSCSI target")]
+#[command(
+    name = "mosaic",
+    version,
+    about = "Mosaic iSCSI target cluster",
+    long_about = "Mosaic iSCSI target cluster. Without a command, starts the lab cluster \
+                  (three nodes in this process, a demo volume spread over them) and takes \
+                  the flags of `mosaic lab`.",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The lab a bare `mosaic` starts.
+    #[command(flatten)]
+    lab: LabArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve volumes over iSCSI (the default).
+    /// Serve volumes over iSCSI from this one node (a stand-alone target).
     Serve(ServeArgs),
-    /// Run a lab cluster: several nodes in this process, each volume spread over
-    /// all of them by pages, a group portal for discovery and redirected logins.
+    /// Run a lab cluster (the default): several nodes in this process, each volume
+    /// spread over all of them by pages, a group portal for discovery and
+    /// redirected logins.
     Lab(LabArgs),
     /// Create, list, resize and delete the volumes of a running lab (through its
     /// admin endpoint).
@@ -275,13 +290,7 @@ fn main() -> Result<()> {
         Some(Command::Volume(_) | Command::Routing(_) | Command::Status(_)) => {
             unreachable!("client commands are run above")
         }
-        None => (
-            ServeArgs {
-                log: "info".into(),
-                ..ServeArgs::default()
-            },
-            None,
-        ),
+        None => (cli.lab.serve.clone(), Some(cli.lab)),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
@@ -411,6 +420,9 @@ fn print_lab_banner(
     println!("  iscsi-ls -s iscsi://{g}");
     println!("  qemu-img info iscsi://{g}/{iqn}/0");
     println!("  iscsiadm -m discovery -t sendtargets -p {g}");
+    println!("  iscsiadm -m node -T {iqn} -p {g} --login   (redirected to a node portal)");
+    let node1 = mosaic_target::cluster::lab::nic_addr(1, 1, config.port);
+    println!("  iscsi-inq iscsi://{node1}/{iqn}/0   (any node portal serves every volume)");
     if let Some(admin) = admin {
         println!("Manage volumes and see the cluster (admin endpoint http://{admin}):");
         println!("  mosaic volume create NAME --size 1G --admin {admin}");
@@ -419,5 +431,34 @@ fn print_lab_banner(
         );
         println!("  curl http://{admin}/metrics");
     }
+    println!("(`mosaic serve` runs a single-node target instead.)");
     println!("Stop with Ctrl-C.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_bare_mosaic_takes_the_lab_flags_and_commands_do_not_mix_with_them() {
+        let cli = Cli::try_parse_from(["mosaic", "--nodes", "2", "--page-size", "1M"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!((cli.lab.nodes, cli.lab.page_size.as_str()), (2, "1M"));
+        let bare = Cli::try_parse_from(["mosaic"]).unwrap();
+        assert_eq!((bare.lab.nodes, bare.lab.nics), (3, 2));
+        assert_eq!(bare.lab.group_portal.to_string(), "127.0.0.1:3260");
+        assert!(Cli::try_parse_from(["mosaic", "--nodes", "2", "serve"]).is_err());
+        assert!(matches!(
+            Cli::try_parse_from(["mosaic", "serve", "--portal", "127.0.0.1:1"])
+                .unwrap()
+                .command,
+            Some(Command::Serve(_))
+        ));
+    }
 }

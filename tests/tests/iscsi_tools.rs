@@ -1,6 +1,6 @@
 //! libiscsi's command-line tools and the binary's own command line, against the real
 //! `mosaic` binary: discovery with `iscsi-ls`, INQUIRY pages with `iscsi-inq`,
-//! capacity with `iscsi-readcapacity16`, the no-argument demo target of the README's
+//! capacity with `iscsi-readcapacity16`, the no-argument lab cluster of the README's
 //! first command, bad flags, and SIGTERM.
 
 use std::net::{SocketAddr, TcpListener};
@@ -11,6 +11,10 @@ use mosaic_tests::server::{Mosaic, Volume};
 use mosaic_tests::tools::{self, RunOutput};
 
 const TOOL_LIMIT: Duration = Duration::from_secs(60);
+/// What a bare `mosaic` starts: 3 nodes of 2 NICs, every portal on port 3260.
+const LAB_NODES: u8 = 3;
+const LAB_NICS: u8 = 2;
+const LAB_PORT: u16 = 3260;
 
 fn external() -> bool {
     std::env::var_os("MOSAIC_TEST_TARGET").is_some()
@@ -154,53 +158,84 @@ fn iscsi_readcapacity16_reports_size_and_block_length() {
     }
 }
 
-/// The README's first command: `mosaic` with no arguments serves a 1 GiB demo volume
-/// on 127.0.0.1:3260 from a sparse file under ./data, says how to connect, and stops
-/// on SIGTERM.
+/// The README's first command: a bare `mosaic` starts the lab cluster (three nodes
+/// with two NIC portals each, the group portal on 127.0.0.1:3260, the 1 GiB demo
+/// volume spread over every node in sparse files under ./data/node<i>), says how to
+/// connect, redirects a login at the group portal to a node portal, serves the same
+/// bytes through every node, and stops on SIGTERM.
 #[test]
 fn no_arguments_serves_the_demo_volume_on_3260() {
+    use mosaic_tests::initiator::{LoginOptions, Session};
     let test = "no_arguments_serves_the_demo_volume_on_3260";
     if external() {
         return;
     }
-    let addr: SocketAddr = ([127, 0, 0, 1], 3260).into();
-    if TcpListener::bind(addr).is_err() {
-        eprintln!("SKIP {test}: 127.0.0.1:3260 is in use by something else");
+    let group: SocketAddr = ([127, 0, 0, 1], LAB_PORT).into();
+    // The lab's fixed addresses: the group portal, every NIC portal and, one port
+    // higher, each node's link (127.0.i.1:3261).
+    let mut addrs = vec![group];
+    for node in 1..=LAB_NODES {
+        for nic in 1..=LAB_NICS {
+            addrs.push(([127, 0, node, nic], LAB_PORT).into());
+        }
+        addrs.push(([127, 0, node, 1], LAB_PORT + 1).into());
+    }
+    if let Some(busy) = addrs.iter().find(|a| TcpListener::bind(a).is_err()) {
+        eprintln!("SKIP {test}: {busy} is in use by something else");
         return;
     }
-    let mut server = Mosaic::launch(&[], addr)
+    let mut server = Mosaic::launch(&[], group)
         .unwrap_or_else(|log| panic!("`mosaic` with no arguments did not listen:\n{log}"));
-    // The connect instructions may be printed just after the port opens.
-    let waited = std::time::Instant::now();
-    let mut printed = server.log();
-    while !printed.contains("iqn.2026-11.io.mosaic:demo")
-        && waited.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(100));
-        printed = server.log();
-    }
+    let printed = server.log();
+    assert!(
+        printed.contains("Mosaic lab cluster is running: 3 nodes, 2 NICs each"),
+        "a bare mosaic should start the lab:\n{printed}"
+    );
     assert!(
         printed.contains("iqn.2026-11.io.mosaic:demo"),
         "the startup message should name the demo target:\n{printed}"
     );
     assert!(
-        printed.contains("iscsi-ls")
-            || printed.contains("iscsiadm")
-            || printed.contains("qemu-img"),
+        printed.contains("iscsi-ls -s iscsi://127.0.0.1:3260")
+            && printed.contains("iscsiadm -m discovery -t sendtargets -p 127.0.0.1:3260"),
         "the startup message should say how to connect:\n{printed}"
     );
-    let img = server.scratch().join("data/demo.img");
-    let meta =
-        std::fs::metadata(&img).unwrap_or_else(|e| panic!("{} should exist: {e}", img.display()));
-    assert_eq!(meta.len(), 1 << 30, "demo.img should be 1 GiB");
-    {
+    // Each node keeps its pages of the demo volume in its own sparse file.
+    for node in 1..=LAB_NODES {
+        let img = server.scratch().join(format!("data/node{node}/demo.img"));
+        let meta = std::fs::metadata(&img)
+            .unwrap_or_else(|e| panic!("{} should exist: {e}", img.display()));
+        assert_eq!(meta.len(), 1 << 30, "{} should be 1 GiB", img.display());
         use std::os::unix::fs::MetadataExt;
         assert!(
             meta.blocks() * 512 < 64 << 20,
-            "demo.img should be sparse, has {} bytes allocated",
+            "{} should be sparse, has {} bytes allocated",
+            img.display(),
             meta.blocks() * 512
         );
     }
+
+    // Discovery at the group portal lists every NIC portal of every node, each
+    // with its node's portal group tag.
+    let iqn = "iqn.2026-11.io.mosaic:demo";
+    let mut disc = Session::login(group, &LoginOptions::discovery()).expect("discovery login");
+    let keys = disc
+        .text(&[("SendTargets", "All")])
+        .expect("SendTargets at the group portal");
+    assert!(
+        keys.iter().any(|(k, v)| k == "TargetName" && v == iqn),
+        "SendTargets lacks {iqn}: {keys:?}"
+    );
+    for node in 1..=LAB_NODES {
+        for nic in 1..=LAB_NICS {
+            let want = format!("127.0.{node}.{nic}:{LAB_PORT},{node}");
+            assert!(
+                keys.iter().any(|(k, v)| k == "TargetAddress" && *v == want),
+                "SendTargets lacks {want}: {keys:?}"
+            );
+        }
+    }
+    let _ = disc.logout();
     if let Some(ls) = tools::which("iscsi-ls") {
         let out = run_ok(&ls, &["-s", "iscsi://127.0.0.1:3260"]);
         assert!(
@@ -209,6 +244,45 @@ fn no_arguments_serves_the_demo_volume_on_3260() {
             out.stdout
         );
     }
+
+    // A Normal login at the group portal ends on a node portal.
+    let (mut session, at) =
+        Session::login_following_redirect(group, &LoginOptions::new(iqn)).expect("login");
+    assert_ne!(at, group, "the group portal should redirect the login");
+    let node = match at.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets()[2],
+        other => panic!("redirected to {other}"),
+    };
+    assert!(
+        (1..=LAB_NODES).contains(&node) && at.port() == LAB_PORT,
+        "redirected to {at}, not a node portal"
+    );
+    // Data moves: a write across the first page boundary (pages are 16 MiB, the
+    // lab's default, so its two halves have different primaries) through the
+    // redirected portal, read back through another node.
+    let (blocks, block) = session.read_capacity().expect("READ CAPACITY");
+    assert_eq!(blocks * u64::from(block), 1 << 30);
+    let page_blocks = (16u64 << 20) / u64::from(block);
+    let data = mosaic_tests::pattern::bytes(0x5eed, 256 << 10);
+    let lba = page_blocks - (data.len() as u64 / u64::from(block)) / 2;
+    session.write(lba, &data, block).expect("write");
+    let other = node % LAB_NODES + 1;
+    let mut reader = Session::login(
+        ([127, 0, other, 2], LAB_PORT).into(),
+        &LoginOptions::new(iqn),
+    )
+    .unwrap_or_else(|e| panic!("login at node {other}: {e}"));
+    let back = reader
+        .read(lba, (data.len() / block as usize) as u32, block)
+        .expect("read");
+    assert!(
+        back == data,
+        "node {other} reads other bytes than node {node} wrote: {}",
+        mosaic_tests::pattern::first_difference(&data, &back).unwrap_or_default()
+    );
+    let _ = reader.logout();
+    let _ = session.logout();
+    server.assert_alive("after I/O through the lab");
     assert!(server.stop(), "mosaic did not stop on SIGTERM");
 }
 
