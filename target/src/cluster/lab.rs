@@ -162,13 +162,18 @@ impl Lab {
             let state = ClusterState::open(coord.clone(), initial.clone()).await?;
             let table = state.table();
             let stats = Arc::new(IoStats::default());
-            let service = Arc::new(NodeService::new(NodeId(i), state.clone(), stats.clone()));
             let peers = Arc::new(Peers::new(LinkConfig::default()));
             for j in 1..=config.nodes {
                 if j != i {
                     peers.set_address(j, link_addr(j, config.port));
                 }
             }
+            let service = Arc::new(NodeService::new(
+                NodeId(i),
+                state.clone(),
+                stats.clone(),
+                peers.clone(),
+            ));
             let node_dir = settings.data_dir.join(format!("node{i}"));
             let mut node_settings = settings.clone();
             node_settings.data_dir = node_dir.clone();

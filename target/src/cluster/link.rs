@@ -174,6 +174,8 @@ mod off {
 
 /// Write flag: FUA (SBC-4 §5.40, WRITE(16)).
 const WRITE_FLAG_FUA: u8 = 0x01;
+/// Write and unmap flag: the primary's copy to a replica (not to be replicated).
+const FLAG_REPLICA: u8 = 0x02;
 /// ConnState flag: HeaderDigest=CRC32C (RFC 7143 §13.1).
 const STATE_FLAG_HEADER_DIGEST: u8 = 0x01;
 /// ConnState flag: DataDigest=CRC32C (RFC 7143 §13.1).
@@ -372,6 +374,10 @@ pub enum Request {
         data: Bytes,
         /// Force unit access: durable before Done (SBC-4 §5.40).
         fua: bool,
+        /// `false`: to the page's primary, which orders it against every other
+        /// write to the range and copies it to the replicas before Done. `true`:
+        /// the primary's copy to a replica, written as is.
+        replica: bool,
     },
     /// Make earlier writes durable (SYNCHRONIZE CACHE) -> [`Response::Done`].
     Flush {
@@ -398,6 +404,8 @@ pub enum Request {
         offset: u64,
         /// Bytes to deallocate.
         len: u64,
+        /// As for [`Request::Write`]: to the primary, or the primary's copy.
+        replica: bool,
     },
     /// Read `len` bytes and build the final PDUs of the task described by
     /// `state` -> [`Response::Pdus`], written unchanged by the receiving node.
@@ -720,6 +728,15 @@ impl ConnState {
     }
 }
 
+/// `bit` when `on`, else 0.
+fn flag(on: bool, bit: u8) -> u8 {
+    if on {
+        bit
+    } else {
+        0
+    }
+}
+
 impl Request {
     /// The frame kind of this request.
     pub fn kind(&self) -> u8 {
@@ -757,12 +774,13 @@ impl Request {
                 offset,
                 data,
                 fua,
+                replica,
             } => {
                 check_data_len(data.len())?;
                 let mut h = frame_head(17);
                 h.put_u64(*volume);
                 h.put_u64(*offset);
-                h.put_u8(if *fua { WRITE_FLAG_FUA } else { 0 });
+                h.put_u8(flag(*fua, WRITE_FLAG_FUA) | flag(*replica, FLAG_REPLICA));
                 finish(h, k, request_id, epoch, data.clone(), none())
             }
             Request::Flush { volume } => {
@@ -788,11 +806,13 @@ impl Request {
                 volume,
                 offset,
                 len,
+                replica,
             } => {
-                let mut h = frame_head(24);
+                let mut h = frame_head(25);
                 h.put_u64(*volume);
                 h.put_u64(*offset);
                 h.put_u64(*len);
+                h.put_u8(flag(*replica, FLAG_REPLICA));
                 finish(h, k, request_id, epoch, none(), none())
             }
             Request::ShortCut {
@@ -834,7 +854,7 @@ impl Request {
                 let volume = get_u64(b, "volume")?;
                 let offset = get_u64(b, "offset")?;
                 let flags = get_u8(b, "write flags")?;
-                if flags & !WRITE_FLAG_FUA != 0 {
+                if flags & !(WRITE_FLAG_FUA | FLAG_REPLICA) != 0 {
                     return Err(FrameError::InvalidField("write flags"));
                 }
                 let data = std::mem::take(b);
@@ -844,6 +864,7 @@ impl Request {
                     offset,
                     data,
                     fua: flags & WRITE_FLAG_FUA != 0,
+                    replica: flags & FLAG_REPLICA != 0,
                 }
             }
             kind::FLUSH => Request::Flush {
@@ -867,11 +888,21 @@ impl Request {
                     write,
                 }
             }
-            kind::UNMAP => Request::Unmap {
-                volume: get_u64(b, "volume")?,
-                offset: get_u64(b, "offset")?,
-                len: get_u64(b, "len")?,
-            },
+            kind::UNMAP => {
+                let volume = get_u64(b, "volume")?;
+                let offset = get_u64(b, "offset")?;
+                let len = get_u64(b, "len")?;
+                let flags = get_u8(b, "unmap flags")?;
+                if flags & !FLAG_REPLICA != 0 {
+                    return Err(FrameError::InvalidField("unmap flags"));
+                }
+                Request::Unmap {
+                    volume,
+                    offset,
+                    len,
+                    replica: flags & FLAG_REPLICA != 0,
+                }
+            }
             kind::SHORT_CUT => {
                 let volume = get_u64(b, "volume")?;
                 let offset = get_u64(b, "offset")?;
@@ -1910,6 +1941,7 @@ mod tests {
                     volume: VOL,
                     offset,
                     len,
+                    ..
                 } => match self.range(offset, len as usize) {
                     Some(r) => {
                         self.data.lock()[r].fill(0);
@@ -2018,6 +2050,7 @@ mod tests {
             offset: 8192,
             data: data.clone(),
             fua: true,
+            replica: false,
         };
         assert_eq!(c.call(5, w).await.unwrap(), Response::Done);
         let r = Request::Read {
@@ -2064,6 +2097,7 @@ mod tests {
             volume: VOL,
             offset: 8192,
             len: 4096,
+            replica: true,
         };
         assert_eq!(c.call(5, u).await.unwrap(), Response::Done);
         let r = Request::Read {
@@ -2120,6 +2154,7 @@ mod tests {
             offset: 0,
             data: Bytes::from_static(b"must not land"),
             fua: false,
+            replica: false,
         };
         // Sender behind.
         let err = c.call(6, write()).await.unwrap_err();
@@ -2260,6 +2295,7 @@ mod tests {
             offset: 0,
             data: Bytes::from_static(b"after restart"),
             fua: false,
+            replica: false,
         };
         assert_eq!(c.call(1, w).await.unwrap(), Response::Done);
         assert_eq!(&svc2.data.lock()[..13], b"after restart");
@@ -2449,6 +2485,7 @@ mod tests {
             offset: 2,
             data: Bytes::from_static(b"hello"),
             fua: false,
+            replica: false,
         }
         .encode(5, 6)
         .unwrap()
@@ -2466,7 +2503,8 @@ mod tests {
                 volume: 1,
                 offset: 2,
                 data: Bytes::from_static(b"hello"),
-                fua: false
+                fua: false,
+                replica: false,
             }
         );
     }
@@ -2545,14 +2583,20 @@ mod tests {
                     len,
                 }
             }),
-            (any::<u64>(), any::<u64>(), arb_bytes(64), any::<bool>()).prop_map(
-                |(volume, offset, data, fua)| Request::Write {
+            (
+                any::<u64>(),
+                any::<u64>(),
+                arb_bytes(64),
+                any::<bool>(),
+                any::<bool>()
+            )
+                .prop_map(|(volume, offset, data, fua, replica)| Request::Write {
                     volume,
                     offset,
                     data,
-                    fua
-                }
-            ),
+                    fua,
+                    replica
+                }),
             any::<u64>().prop_map(|volume| Request::Flush { volume }),
             (any::<u64>(), any::<u64>(), arb_bytes(64), arb_bytes(64)).prop_map(
                 |(volume, offset, compare, write)| Request::CompareAndWrite {
@@ -2562,10 +2606,13 @@ mod tests {
                     write
                 }
             ),
-            any::<(u64, u64, u64)>().prop_map(|(volume, offset, len)| Request::Unmap {
-                volume,
-                offset,
-                len
+            any::<(u64, u64, u64, bool)>().prop_map(|(volume, offset, len, replica)| {
+                Request::Unmap {
+                    volume,
+                    offset,
+                    len,
+                    replica,
+                }
             }),
             (any::<u64>(), any::<u64>(), len, arb_state()).prop_map(
                 |(volume, offset, len, state)| Request::ShortCut {

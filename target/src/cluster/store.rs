@@ -1,14 +1,20 @@
 //! The clustered I/O path: a volume as seen through one node.
 //!
 //! [`ClusterStore`] splits each byte range at page boundaries and sends every piece
-//! to the node that holds it: reads to the page's primary, writes and deallocations
-//! to the primary and every replica, in parallel. Pieces this node holds go to its
-//! [`LocalVolume`] directly; the others go over the inter-node link with this
-//! node's routing epoch, and a peer at another epoch refuses without serving: the
-//! piece is routed again from a refreshed table (bounded attempts).
+//! to the page's primary: reads, writes, deallocations and COMPARE AND WRITE alike.
+//! Pieces whose primary is this node are served here directly; the others go over
+//! the inter-node link with this node's routing epoch, and a peer at another epoch
+//! refuses without serving: the piece is routed again from a refreshed table
+//! (bounded attempts).
 //!
-//! [`NodeService`] is the other side: what this node serves to its peers, from the
-//! same local volumes, after checking that it still holds the pages asked for.
+//! [`NodeService`] is the primary's side, for its own receiving node and for its
+//! peers alike. Every modification of a range takes the range exclusively in the
+//! volume's [`RangeLock`] (reads share it), checks under the lock that this node is
+//! still the primary, applies the change locally and copies it to every replica
+//! before it answers and lets go. So writes to one page are ordered once, at its
+//! primary, and reach every replica in that order; COMPARE AND WRITE is atomic
+//! against every write from any node; and a page move holds the page while it
+//! copies it (see [`NodeService::move_page`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +30,7 @@ use super::link::{
     self, LinkError, LocalService, Peers, Request, Response, ServeFuture, WireError,
 };
 use super::state::ClusterState;
+use crate::scsi::lock::RangeLock;
 use crate::store::{BackingStore, StoreError};
 
 /// Attempts at one piece when peers keep answering with another epoch: each retry
@@ -45,6 +52,27 @@ pub enum ClusterIoError {
     /// A page has no live holder.
     #[error("page {0} has no holder")]
     NoHolder(u64),
+    /// This node is not (or no longer) the primary of the range asked for.
+    #[error("not the primary of the range")]
+    NotPrimary,
+}
+
+impl ClusterIoError {
+    /// The answer to a peer whose request failed with this error.
+    fn to_wire(&self) -> WireError {
+        match self {
+            ClusterIoError::NotPrimary | ClusterIoError::NoVolume(_) => WireError::NotOwner,
+            ClusterIoError::Link {
+                source: LinkError::StaleEpoch { current },
+                ..
+            } => WireError::StaleEpoch { current: *current },
+            ClusterIoError::Link {
+                source: LinkError::NotOwner,
+                ..
+            } => WireError::NotOwner,
+            other => WireError::Io(other.to_string()),
+        }
+    }
 }
 
 /// This node's copy of one volume's pages: a store the size of the whole volume in
@@ -53,6 +81,19 @@ pub enum ClusterIoError {
 pub struct LocalVolume {
     pub id: VolumeId,
     pub store: BackingStore,
+    /// Byte ranges being modified (exclusive) or read (shared) at this node as the
+    /// primary: the one place where writes to a page are ordered.
+    locks: RangeLock,
+}
+
+impl LocalVolume {
+    pub fn new(id: VolumeId, store: BackingStore) -> LocalVolume {
+        LocalVolume {
+            id,
+            store,
+            locks: RangeLock::default(),
+        }
+    }
 }
 
 /// Counters of the clustered I/O path, for `mosaic status` and metrics.
@@ -83,15 +124,23 @@ pub struct NodeService {
     state: Arc<ClusterState>,
     volumes: RwLock<HashMap<u64, Arc<LocalVolume>>>,
     stats: Arc<IoStats>,
+    /// To copy modifications to the replicas.
+    peers: Arc<Peers>,
 }
 
 impl NodeService {
-    pub fn new(node: NodeId, state: Arc<ClusterState>, stats: Arc<IoStats>) -> NodeService {
+    pub fn new(
+        node: NodeId,
+        state: Arc<ClusterState>,
+        stats: Arc<IoStats>,
+        peers: Arc<Peers>,
+    ) -> NodeService {
         NodeService {
             node,
             state,
             volumes: RwLock::new(HashMap::new()),
             stats,
+            peers,
         }
     }
 
@@ -131,77 +180,266 @@ impl NodeService {
         })
     }
 
+    fn local(&self, volume: u64) -> Result<Arc<LocalVolume>, ClusterIoError> {
+        self.volume(volume).ok_or(ClusterIoError::NotPrimary)
+    }
+
+    /// The replicas of the pages of `[offset, offset + len)`, checked under the
+    /// range lock: this node must be the primary of every page.
+    fn replicas_as_primary(
+        &self,
+        volume: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(u64, Vec<NodeId>), ClusterIoError> {
+        let table = self.state.table();
+        if !self.holds(&table, volume, offset, len, true) {
+            return Err(ClusterIoError::NotPrimary);
+        }
+        let map = table
+            .volume(VolumeId(volume))
+            .ok_or(ClusterIoError::NoVolume(volume))?;
+        let mut replicas: Vec<NodeId> = Vec::new();
+        for (page, _, _) in pages(map, offset, len) {
+            for n in map.holders(page).filter(|&n| n != self.node) {
+                if !replicas.contains(&n) {
+                    replicas.push(n);
+                }
+            }
+        }
+        Ok((table.epoch().0, replicas))
+    }
+
+    /// Sends `req` (a replica copy) to each of `replicas` at `epoch`.
+    async fn to_replicas(
+        &self,
+        epoch: u64,
+        replicas: &[NodeId],
+        req: Request,
+    ) -> Result<(), ClusterIoError> {
+        try_join_all(replicas.iter().map(|&n| {
+            let req = req.clone();
+            async move {
+                let link_err = |source| ClusterIoError::Link { node: n.0, source };
+                match self.peers.call(n.0, epoch, req).await.map_err(link_err)? {
+                    Response::Done => Ok(()),
+                    Response::Error(e) => Err(link_err(e.into())),
+                    other => Err(link_err(LinkError::Protocol(format!(
+                        "unexpected response {other:?}"
+                    )))),
+                }
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Reads `[offset, offset + len)` as the primary, sharing the range with other
+    /// readers and waiting for writes in progress.
+    pub async fn read_as_primary(
+        &self,
+        volume: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, ClusterIoError> {
+        let v = self.local(volume)?;
+        let _range = v.locks.lock(offset, len, false).await;
+        let table = self.state.table();
+        if !self.holds(&table, volume, offset, len, true) {
+            return Err(ClusterIoError::NotPrimary);
+        }
+        Ok(v.store.read_at(offset, len as usize).await?)
+    }
+
+    /// Writes `data` at `offset` as the primary: ordered against every other
+    /// modification of the range, copied to every replica before it returns.
+    pub async fn write_as_primary(
+        &self,
+        volume: u64,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> Result<(), ClusterIoError> {
+        let v = self.local(volume)?;
+        let len = data.len() as u64;
+        let _range = v.locks.lock(offset, len, true).await;
+        let (epoch, replicas) = self.replicas_as_primary(volume, offset, len)?;
+        let copy = Request::Write {
+            volume,
+            offset,
+            data: data.clone(),
+            fua,
+            replica: true,
+        };
+        let here = async {
+            v.store.write_at(offset, data).await?;
+            if fua {
+                v.store.flush().await?;
+            }
+            Ok::<(), ClusterIoError>(())
+        };
+        tokio::try_join!(here, self.to_replicas(epoch, &replicas, copy))?;
+        Ok(())
+    }
+
+    /// Deallocates `[offset, offset + len)` as the primary, like a write.
+    pub async fn unmap_as_primary(
+        &self,
+        volume: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), ClusterIoError> {
+        let v = self.local(volume)?;
+        let _range = v.locks.lock(offset, len, true).await;
+        let (epoch, replicas) = self.replicas_as_primary(volume, offset, len)?;
+        let copy = Request::Unmap {
+            volume,
+            offset,
+            len,
+            replica: true,
+        };
+        let here = async {
+            v.store.deallocate(offset, len).await?;
+            Ok::<(), ClusterIoError>(())
+        };
+        tokio::try_join!(here, self.to_replicas(epoch, &replicas, copy))?;
+        Ok(())
+    }
+
+    /// COMPARE AND WRITE as the primary (SBC-4 §5.3): under the exclusive range
+    /// lock, compares the medium with `compare`; on a difference returns the offset
+    /// of its first byte and writes nothing, else writes `write` here and on every
+    /// replica.
+    pub async fn compare_and_write_as_primary(
+        &self,
+        volume: u64,
+        offset: u64,
+        compare: Bytes,
+        write: Bytes,
+    ) -> Result<Option<u32>, ClusterIoError> {
+        let v = self.local(volume)?;
+        let len = compare.len() as u64;
+        if write.len() != compare.len() {
+            return Err(ClusterIoError::Store(StoreError::Cluster(
+                "COMPARE AND WRITE with unequal compare and write lengths".into(),
+            )));
+        }
+        let _range = v.locks.lock(offset, len, true).await;
+        let (epoch, replicas) = self.replicas_as_primary(volume, offset, len)?;
+        let medium = v.store.read_at(offset, compare.len()).await?;
+        if let Some(at) = medium.iter().zip(compare.iter()).position(|(a, b)| a != b) {
+            return Ok(Some(at as u32));
+        }
+        let copy = Request::Write {
+            volume,
+            offset,
+            data: write.clone(),
+            fua: false,
+            replica: true,
+        };
+        let here = async {
+            v.store.write_at(offset, write).await?;
+            Ok::<(), ClusterIoError>(())
+        };
+        tokio::try_join!(here, self.to_replicas(epoch, &replicas, copy))?;
+        Ok(None)
+    }
+
+    /// A primary's copy, written as is by a holder of the range.
+    async fn write_as_replica(
+        &self,
+        volume: u64,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> Result<(), ClusterIoError> {
+        let v = self.local(volume)?;
+        if !self.holds(
+            &self.state.table(),
+            volume,
+            offset,
+            data.len() as u64,
+            false,
+        ) {
+            return Err(ClusterIoError::NotPrimary);
+        }
+        v.store.write_at(offset, data).await?;
+        if fua {
+            v.store.flush().await?;
+        }
+        Ok(())
+    }
+
     async fn serve_request(&self, req: Request) -> Response {
         self.stats.served.fetch_add(1, Ordering::Relaxed);
-        let table = self.state.table();
-        let io_err = |e: StoreError| Response::Error(WireError::Io(e.to_string()));
+        let done = |r: Result<(), ClusterIoError>| match r {
+            Ok(()) => Response::Done,
+            Err(e) => Response::Error(e.to_wire()),
+        };
         match req {
             Request::Read {
                 volume,
                 offset,
                 len,
-            } => {
-                let Some(v) = self.volume(volume) else {
-                    return Response::Error(WireError::NotOwner);
-                };
-                if !self.holds(&table, volume, offset, len as u64, true) {
-                    return Response::Error(WireError::NotOwner);
-                }
-                match v.store.read_at(offset, len as usize).await {
-                    Ok(d) => Response::Data(d),
-                    Err(e) => io_err(e),
-                }
-            }
+            } => match self.read_as_primary(volume, offset, len as u64).await {
+                Ok(d) => Response::Data(d),
+                Err(e) => Response::Error(e.to_wire()),
+            },
             Request::Write {
                 volume,
                 offset,
                 data,
                 fua,
-            } => {
-                let Some(v) = self.volume(volume) else {
-                    return Response::Error(WireError::NotOwner);
-                };
-                if !self.holds(&table, volume, offset, data.len() as u64, false) {
-                    return Response::Error(WireError::NotOwner);
-                }
-                if let Err(e) = v.store.write_at(offset, data).await {
-                    return io_err(e);
-                }
-                if fua {
-                    if let Err(e) = v.store.flush().await {
-                        return io_err(e);
-                    }
-                }
-                Response::Done
-            }
+                replica: false,
+            } => done(self.write_as_primary(volume, offset, data, fua).await),
+            Request::Write {
+                volume,
+                offset,
+                data,
+                fua,
+                replica: true,
+            } => done(self.write_as_replica(volume, offset, data, fua).await),
             Request::Flush { volume } => match self.volume(volume) {
-                Some(v) => match v.store.flush().await {
-                    Ok(()) => Response::Done,
-                    Err(e) => io_err(e),
-                },
+                Some(v) => done(v.store.flush().await.map_err(ClusterIoError::from)),
                 None => Response::Done,
             },
             Request::Unmap {
                 volume,
                 offset,
                 len,
+                replica: false,
+            } => done(self.unmap_as_primary(volume, offset, len).await),
+            Request::Unmap {
+                volume,
+                offset,
+                len,
+                replica: true,
             } => {
-                let Some(v) = self.volume(volume) else {
-                    return Response::Error(WireError::NotOwner);
+                let r = async {
+                    let v = self.local(volume)?;
+                    if !self.holds(&self.state.table(), volume, offset, len, false) {
+                        return Err(ClusterIoError::NotPrimary);
+                    }
+                    Ok(v.store.deallocate(offset, len).await?)
                 };
-                if !self.holds(&table, volume, offset, len, false) {
-                    return Response::Error(WireError::NotOwner);
-                }
-                match v.store.deallocate(offset, len).await {
-                    Ok(()) => Response::Done,
-                    Err(e) => io_err(e),
-                }
+                done(r.await)
             }
-            // Compare-and-write and short-cut responses are not served over the
-            // link yet: the receiving node runs them (see docs/architecture.md).
-            Request::CompareAndWrite { .. } | Request::ShortCut { .. } => {
-                Response::Error(WireError::Unsupported)
-            }
+            Request::CompareAndWrite {
+                volume,
+                offset,
+                compare,
+                write,
+            } => match self
+                .compare_and_write_as_primary(volume, offset, compare, write)
+                .await
+            {
+                Ok(None) => Response::Done,
+                Ok(Some(offset)) => Response::Miscompare { offset },
+                Err(e) => Response::Error(e.to_wire()),
+            },
+            // Short-cut responses are not served over the link yet (see
+            // docs/architecture.md).
+            Request::ShortCut { .. } => Response::Error(WireError::Unsupported),
             Request::Ping => Response::Pong,
         }
     }
@@ -244,6 +482,8 @@ pub struct ClusterStore {
     state: Arc<ClusterState>,
     peers: Arc<Peers>,
     stats: Arc<IoStats>,
+    /// This node as a primary: pieces whose primary is here are served by it.
+    service: Arc<NodeService>,
 }
 
 /// What to do with one piece.
@@ -252,26 +492,33 @@ enum Op {
     Read,
     Write(Bytes, bool),
     Unmap,
+    CompareAndWrite(Bytes, Bytes),
+}
+
+/// The outcome of one piece.
+enum Done {
+    Data(Bytes),
+    Ok,
+    Miscompare(u32),
 }
 
 impl ClusterStore {
     pub fn new(
         volume: VolumeId,
         size: u64,
-        node: NodeId,
         local: Arc<LocalVolume>,
-        state: Arc<ClusterState>,
+        service: Arc<NodeService>,
         peers: Arc<Peers>,
-        stats: Arc<IoStats>,
     ) -> ClusterStore {
         ClusterStore {
             volume,
             size,
-            node,
+            node: service.node,
             local,
-            state,
+            state: service.state.clone(),
             peers,
-            stats,
+            stats: service.stats.clone(),
+            service,
         }
     }
 
@@ -285,14 +532,15 @@ impl ClusterStore {
         self.size == 0
     }
 
-    /// Runs `op` on one piece at one node, re-routing when the epoch moved.
+    /// Runs `op` on one piece at its page's primary, re-routing when the epoch moved
+    /// or the node asked is no longer the primary.
     async fn piece(
         &self,
         page: u64,
         offset: u64,
         len: u64,
         op: Op,
-    ) -> Result<Option<Bytes>, ClusterIoError> {
+    ) -> Result<Done, ClusterIoError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -301,25 +549,19 @@ impl ClusterStore {
             let map = table
                 .volume(self.volume)
                 .ok_or(ClusterIoError::NoVolume(self.volume.0))?;
-            let targets: Vec<NodeId> = match op {
-                Op::Read => map.primary(page).into_iter().collect(),
-                Op::Write(..) | Op::Unmap => map.holders(page).collect(),
-            };
-            if targets.is_empty() {
-                return Err(ClusterIoError::NoHolder(page));
-            }
-            let calls = targets
-                .iter()
-                .map(|&n| self.at_node(n, epoch, offset, len, op.clone()));
-            match try_join_all(calls).await {
-                Ok(mut results) => return Ok(results.swap_remove(0)),
-                Err(ClusterIoError::Link {
-                    source: LinkError::StaleEpoch { .. } | LinkError::NotOwner,
-                    ..
-                }) if attempt < ROUTE_ATTEMPTS => {
+            let primary = map.primary(page).ok_or(ClusterIoError::NoHolder(page))?;
+            match self.at_node(primary, epoch, offset, len, op.clone()).await {
+                Ok(done) => return Ok(done),
+                Err(
+                    ClusterIoError::NotPrimary
+                    | ClusterIoError::Link {
+                        source: LinkError::StaleEpoch { .. } | LinkError::NotOwner,
+                        ..
+                    },
+                ) if attempt < ROUTE_ATTEMPTS => {
                     self.stats.rerouted.fetch_add(1, Ordering::Relaxed);
-                    // Our table or the peer's is behind: read the coordinator's
-                    // and route again (a peer behind catches up by its watch).
+                    // Our table or a peer's is behind: read the coordinator's and
+                    // route again (a peer behind catches up by its watch).
                     let _ = self.state.refresh().await;
                     tokio::time::sleep(std::time::Duration::from_millis(10 * attempt as u64)).await;
                 }
@@ -335,27 +577,33 @@ impl ClusterStore {
         offset: u64,
         len: u64,
         op: Op,
-    ) -> Result<Option<Bytes>, ClusterIoError> {
+    ) -> Result<Done, ClusterIoError> {
+        let volume = self.volume.0;
         if node == self.node {
             self.stats.local.fetch_add(1, Ordering::Relaxed);
-            let s = &self.local.store;
+            let s = &self.service;
             return match op {
-                Op::Read => Ok(Some(s.read_at(offset, len as usize).await?)),
+                Op::Read => Ok(Done::Data(s.read_as_primary(volume, offset, len).await?)),
                 Op::Write(data, fua) => {
-                    s.write_at(offset, data).await?;
-                    if fua {
-                        s.flush().await?;
-                    }
-                    Ok(None)
+                    s.write_as_primary(volume, offset, data, fua).await?;
+                    Ok(Done::Ok)
                 }
                 Op::Unmap => {
-                    s.deallocate(offset, len).await?;
-                    Ok(None)
+                    s.unmap_as_primary(volume, offset, len).await?;
+                    Ok(Done::Ok)
                 }
+                Op::CompareAndWrite(compare, write) => Ok(
+                    match s
+                        .compare_and_write_as_primary(volume, offset, compare, write)
+                        .await?
+                    {
+                        Some(at) => Done::Miscompare(at),
+                        None => Done::Ok,
+                    },
+                ),
             };
         }
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let volume = self.volume.0;
         let req = match op {
             Op::Read => Request::Read {
                 volume,
@@ -367,11 +615,19 @@ impl ClusterStore {
                 offset,
                 data,
                 fua,
+                replica: false,
             },
             Op::Unmap => Request::Unmap {
                 volume,
                 offset,
                 len,
+                replica: false,
+            },
+            Op::CompareAndWrite(compare, write) => Request::CompareAndWrite {
+                volume,
+                offset,
+                compare,
+                write,
             },
         };
         let link_err = |source| ClusterIoError::Link {
@@ -384,12 +640,10 @@ impl ClusterStore {
             .await
             .map_err(link_err)?
         {
-            Response::Data(d) => Ok(Some(d)),
-            Response::Done => Ok(None),
-            Response::Error(WireError::NotOwner) => Err(link_err(LinkError::NotOwner)),
-            Response::Error(WireError::StaleEpoch { current }) => {
-                Err(link_err(LinkError::StaleEpoch { current }))
-            }
+            Response::Data(d) => Ok(Done::Data(d)),
+            Response::Done => Ok(Done::Ok),
+            Response::Miscompare { offset } => Ok(Done::Miscompare(offset)),
+            Response::Error(e) => Err(link_err(e.into())),
             other => Err(link_err(LinkError::Protocol(format!(
                 "unexpected response {other:?}"
             )))),
@@ -411,12 +665,13 @@ impl ClusterStore {
             .read_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
         let pieces = self.map_pieces(offset, len as u64)?;
+        let data = |d: Done| match d {
+            Done::Data(d) => d,
+            Done::Ok | Done::Miscompare(_) => Bytes::new(),
+        };
         if pieces.len() == 1 {
             let (page, off, l) = pieces[0];
-            return Ok(self
-                .piece(page, off, l, Op::Read)
-                .await?
-                .unwrap_or_default());
+            return Ok(data(self.piece(page, off, l, Op::Read).await?));
         }
         let parts = try_join_all(
             pieces
@@ -426,12 +681,13 @@ impl ClusterStore {
         .await?;
         let mut out = BytesMut::with_capacity(len);
         for p in parts {
-            out.extend_from_slice(&p.unwrap_or_default());
+            out.extend_from_slice(&data(p));
         }
         Ok(out.freeze())
     }
 
-    /// Writes `data` at `offset` to every holder of each page.
+    /// Writes `data` at `offset`, each page through its primary (which copies it to
+    /// the page's replicas).
     pub async fn write_at(
         &self,
         offset: u64,
@@ -452,7 +708,7 @@ impl ClusterStore {
         Ok(())
     }
 
-    /// Deallocates `[offset, offset + len)` on every holder.
+    /// Deallocates `[offset, offset + len)`, each page through its primary.
     pub async fn deallocate(&self, offset: u64, len: u64) -> Result<(), ClusterIoError> {
         let pieces = self.map_pieces(offset, len)?;
         try_join_all(
@@ -462,6 +718,38 @@ impl ClusterStore {
         )
         .await?;
         Ok(())
+    }
+
+    /// COMPARE AND WRITE (SBC-4 §5.3) at the primary of the range: atomic against
+    /// every write to it through any node. Returns the offset of the first
+    /// differing byte on a miscompare (nothing written).
+    ///
+    /// A range across a page boundary (two primaries) is compared piece by piece
+    /// and written only when every piece matched; that is atomic against writes
+    /// only within each page (documented in docs/architecture.md).
+    pub async fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: Bytes,
+        write: Bytes,
+    ) -> Result<Option<u32>, ClusterIoError> {
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        let pieces = self.map_pieces(offset, compare.len() as u64)?;
+        if let [(page, off, l)] = pieces[..] {
+            return match self
+                .piece(page, off, l, Op::CompareAndWrite(compare, write))
+                .await?
+            {
+                Done::Miscompare(at) => Ok(Some(at)),
+                Done::Ok | Done::Data(_) => Ok(None),
+            };
+        }
+        let medium = self.read_at(offset, compare.len()).await?;
+        if let Some(at) = medium.iter().zip(compare.iter()).position(|(a, b)| a != b) {
+            return Ok(Some(at as u32));
+        }
+        self.write_at(offset, write, false).await?;
+        Ok(None)
     }
 
     /// Makes earlier writes durable on this node and on every peer.

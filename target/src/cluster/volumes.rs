@@ -285,7 +285,7 @@ impl NodeVolumes {
             }
             Backing::Memory => BackingStore::memory(v.size),
         };
-        let local = Arc::new(LocalVolume { id, store });
+        let local = Arc::new(LocalVolume::new(id, store));
         let export = self.export(v, id, local.clone())?;
         self.open.lock().insert(
             id,
@@ -310,11 +310,9 @@ impl NodeVolumes {
         let store = BackingStore::Cluster(Arc::new(ClusterStore::new(
             id,
             v.size,
-            p.node,
             local,
-            p.state.clone(),
+            p.service.clone(),
             p.peers.clone(),
-            p.stats.clone(),
         )));
         let export = build_export(&p.settings, v, store, p.identity)
             .with_context(|| format!("node {}: volume {}", p.node.0, v.name))?;
@@ -335,7 +333,7 @@ impl NodeVolumes {
             .store
             .resized(size)
             .with_context(|| format!("resizing {} to {size} bytes", o.config.name))?;
-        let local = Arc::new(LocalVolume { id, store });
+        let local = Arc::new(LocalVolume::new(id, store));
         o.config.size = size;
         let export = self.export(&o.config, id, local.clone())?;
         let old = exports.get(&o.config.iqn);

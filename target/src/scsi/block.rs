@@ -234,16 +234,25 @@ impl LogicalUnit {
         }
         let (verify, write) = (data_out.slice(..half), data_out.slice(half..));
         let _range = self.locks.lock(rw.lba, u64::from(rw.blocks), true).await;
-        let medium = match self.read_medium(rw.lba, half).await {
-            Ok(d) => d,
-            Err(sense) => return ScsiResult::check(sense, transfer_len),
-        };
-        if let Some(offset) = first_difference(&medium, &verify) {
-            return ScsiResult::check(miscompare(offset), transfer_len);
-        }
-        match self.write_medium(rw.lba, write, rw.fua).await {
-            Ok(()) => ScsiResult::ok(transfer_len),
-            Err(sense) => ScsiResult::check(sense, transfer_len),
+        // The store compares and writes: a clustered volume does both at the
+        // page's primary, atomically against writes received by other nodes.
+        match self
+            .store
+            .compare_and_write(self.offset_of(rw.lba), verify, write)
+            .await
+        {
+            Ok(Some(offset)) => ScsiResult::check(miscompare(offset), transfer_len),
+            Ok(None) => match self.flush_if_needed(rw.lba, rw.fua).await {
+                Ok(()) => ScsiResult::ok(transfer_len),
+                Err(sense) => ScsiResult::check(sense, transfer_len),
+            },
+            Err(e) => {
+                tracing::warn!(lu = %self.cfg.name, lba = rw.lba, error = %e, "compare and write failed");
+                ScsiResult::check(
+                    Sense::new(key::MEDIUM_ERROR, Asc::WRITE_ERROR).with_information(rw.lba),
+                    transfer_len,
+                )
+            }
         }
     }
 

@@ -32,14 +32,14 @@ struct State {
 
 /// The lock table. Waiters are woken whenever any range is released and re-check.
 #[derive(Debug, Default)]
-pub(super) struct RangeLock {
+pub(crate) struct RangeLock {
     state: Mutex<State>,
     released: Notify,
 }
 
 /// Releases its range when dropped (also when the command's future is cancelled).
 #[derive(Debug)]
-pub(super) struct RangeGuard<'a> {
+pub(crate) struct RangeGuard<'a> {
     lock: &'a RangeLock,
     id: u64,
 }
@@ -47,7 +47,7 @@ pub(super) struct RangeGuard<'a> {
 impl RangeLock {
     /// Waits until `[start, start + blocks)` is free of conflicting holders and takes
     /// it: shared ranges conflict only with exclusive ones.
-    pub(super) async fn lock(&self, start: u64, blocks: u64, exclusive: bool) -> RangeGuard<'_> {
+    pub(crate) async fn lock(&self, start: u64, blocks: u64, exclusive: bool) -> RangeGuard<'_> {
         let end = start.saturating_add(blocks);
         loop {
             let released = {

@@ -25,7 +25,7 @@
 
 mod block;
 mod inquiry;
-mod lock;
+pub(crate) mod lock;
 mod mode;
 mod opcodes;
 mod provisioning;

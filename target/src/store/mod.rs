@@ -172,6 +172,32 @@ impl BackingStore {
         }
     }
 
+    /// COMPARE AND WRITE (SBC-4 §5.3): if the medium at `offset` equals `compare`,
+    /// writes `write` there (same length) and returns `None`; otherwise writes
+    /// nothing and returns the offset of the first differing byte. Local stores
+    /// rely on the caller's range lock for atomicity; a clustered volume runs it at
+    /// the page's primary, under the lock that orders every write to the page.
+    pub async fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: Bytes,
+        write: Bytes,
+    ) -> Result<Option<usize>, StoreError> {
+        check_range(offset, compare.len() as u64, self.len())?;
+        if let BackingStore::Cluster(c) = self {
+            return Box::pin(c.compare_and_write(offset, compare, write))
+                .await
+                .map(|at| at.map(|at| at as usize))
+                .map_err(cluster_err);
+        }
+        let medium = self.read_at(offset, compare.len()).await?;
+        if let Some(at) = medium.iter().zip(compare.iter()).position(|(a, b)| a != b) {
+            return Ok(Some(at));
+        }
+        self.write_at(offset, write).await?;
+        Ok(None)
+    }
+
     /// Deallocates `[offset, offset + len)` (UNMAP, WRITE SAME with UNMAP): the range
     /// reads back as zeros afterwards, and whole allocation units are freed (holes
     /// punched in a file, chunks dropped in memory).
