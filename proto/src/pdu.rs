@@ -72,7 +72,8 @@ pub mod reject_reason {
     pub const WAITING_FOR_LOGOUT: u8 = 0x0c;
 }
 
-/// Task management functions (RFC 7143 §11.5.1).
+/// Task management functions (RFC 7143 §11.5.1; 9 to 12 added by RFC 7144 §4.1 for
+/// the SAM-4/SAM-5 functions).
 pub mod tmf_function {
     pub const ABORT_TASK: u8 = 1;
     pub const ABORT_TASK_SET: u8 = 2;
@@ -82,6 +83,14 @@ pub mod tmf_function {
     pub const TARGET_WARM_RESET: u8 = 6;
     pub const TARGET_COLD_RESET: u8 = 7;
     pub const TASK_REASSIGN: u8 = 8;
+    /// Is the task named by the Referenced Task Tag still in the task set?
+    pub const QUERY_TASK: u8 = 9;
+    /// Is any task of this I_T_L nexus in the task set?
+    pub const QUERY_TASK_SET: u8 = 10;
+    /// The I_T nexus loss function (SAM-5) for the nexus the request came on.
+    pub const I_T_NEXUS_RESET: u8 = 11;
+    /// Is a unit attention or deferred error pending for this I_T_L nexus?
+    pub const QUERY_ASYNC_EVENT: u8 = 12;
 }
 
 /// Task management responses (RFC 7143 §11.6.1).
@@ -93,6 +102,10 @@ pub mod tmf_response {
     pub const REASSIGNMENT_NOT_SUPPORTED: u8 = 4;
     pub const NOT_SUPPORTED: u8 = 5;
     pub const AUTHORIZATION_FAILED: u8 = 6;
+    /// SAM-5 FUNCTION SUCCEEDED (RFC 7144 §4.2, IANA iSCSI "Task Management
+    /// Function Response" registry): the answer "yes" to QUERY TASK, QUERY TASK SET
+    /// and QUERY ASYNCHRONOUS EVENT; "no" is [`COMPLETE`] (FUNCTION COMPLETE).
+    pub const FUNCTION_SUCCEEDED: u8 = 7;
     pub const REJECTED: u8 = 255;
 }
 
@@ -356,6 +369,10 @@ pub struct TaskMgmtResponse {
     pub stat_sn: u32,
     pub exp_cmd_sn: u32,
     pub max_cmd_sn: u32,
+    /// The SAM-5 ADDITIONAL RESPONSE INFORMATION, bytes 36..39 (RFC 7144 §4.2):
+    /// for QUERY ASYNCHRONOUS EVENT the pending condition's UADE DEPTH and sense
+    /// key, ASC and ASCQ; zero otherwise (the bytes RFC 7143 reserved).
+    pub additional_response_information: [u8; 3],
 }
 
 /// Login Response (RFC 7143 §11.13).
@@ -633,6 +650,7 @@ impl Bhs {
                 stat_sn: u32_at(b, OFF_24),
                 exp_cmd_sn: u32_at(b, OFF_28),
                 max_cmd_sn: u32_at(b, OFF_32),
+                additional_response_information: [b[OFF_36], b[OFF_36 + 1], b[OFF_36 + 2]],
             }),
             opcode::LOGIN_RESPONSE => Bhs::LoginResponse(LoginResponse {
                 transit: flag(f, 0x80),
@@ -845,6 +863,7 @@ impl Bhs {
                 put_u32(&mut b, OFF_24, p.stat_sn);
                 put_u32(&mut b, OFF_28, p.exp_cmd_sn);
                 put_u32(&mut b, OFF_32, p.max_cmd_sn);
+                b[OFF_36..OFF_36 + 3].copy_from_slice(&p.additional_response_information);
             }
             Bhs::LoginResponse(p) => {
                 b[0] = opcode::LOGIN_RESPONSE;
@@ -1030,6 +1049,23 @@ mod tests {
         assert_eq!(raw[1], 0x87);
         assert_eq!(&raw[8..14], &[0x00, 0x02, 0x3d, 0x00, 0x00, 0x01]);
         assert_eq!(raw_data_len(&raw), 300);
+        roundtrip(h);
+    }
+
+    #[test]
+    fn task_mgmt_response_carries_additional_response_information_at_36() {
+        let h = Bhs::TaskMgmtResponse(TaskMgmtResponse {
+            response: tmf_response::FUNCTION_SUCCEEDED,
+            itt: 9,
+            stat_sn: 1,
+            exp_cmd_sn: 2,
+            max_cmd_sn: 3,
+            additional_response_information: [0x16, 0x29, 0x07],
+        });
+        let raw = h.encode(0, 0);
+        assert_eq!(raw[0], 0x22);
+        assert_eq!(raw[2], 7);
+        assert_eq!(&raw[36..40], &[0x16, 0x29, 0x07, 0]);
         roundtrip(h);
     }
 

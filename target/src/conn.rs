@@ -658,56 +658,83 @@ impl Conn {
         out
     }
 
+    /// Task Management Function Request (RFC 7143 §11.5, RFC 7144 §4.1 for QUERY
+    /// TASK, QUERY TASK SET, I_T NEXUS RESET and QUERY ASYNCHRONOUS EVENT).
     async fn task_mgmt(&mut self, s: &mut Session, t: TaskMgmtRequest) -> Result<Flow, ConnError> {
         if s.window.admit(t.cmd_sn, t.immediate) == CmdSnVerdict::Ignore {
             return Ok(Flow::Continue);
         }
-        let response = if s.lu.is_none() {
-            tmf_response::REJECTED
-        } else {
-            match t.function {
-                tmf_function::ABORT_TASK => {
-                    if s.abort(t.referenced_task_tag) {
-                        tmf_response::COMPLETE
-                    } else {
-                        tmf_response::TASK_DOES_NOT_EXIST
+        let mut additional = [0u8; 3];
+        let response = match &s.lu {
+            None => tmf_response::REJECTED,
+            Some(lu) => {
+                let lu = lu.clone();
+                let lun_ok = decode_lun(t.lun) == 0;
+                match t.function {
+                    tmf_function::ABORT_TASK => {
+                        if s.abort(t.referenced_task_tag) {
+                            tmf_response::COMPLETE
+                        } else {
+                            tmf_response::TASK_DOES_NOT_EXIST
+                        }
                     }
-                }
-                tmf_function::ABORT_TASK_SET
-                | tmf_function::CLEAR_TASK_SET
-                | tmf_function::LOGICAL_UNIT_RESET => {
-                    if decode_lun(t.lun) != 0 {
-                        tmf_response::LUN_DOES_NOT_EXIST
-                    } else {
-                        s.abort_all();
-                        if t.function == tmf_function::LOGICAL_UNIT_RESET {
-                            if let Some(d) = &s.lu {
-                                d.reset(ResetKind::LogicalUnit, &s.nexus);
+                    tmf_function::ABORT_TASK_SET
+                    | tmf_function::CLEAR_TASK_SET
+                    | tmf_function::LOGICAL_UNIT_RESET => {
+                        if !lun_ok {
+                            tmf_response::LUN_DOES_NOT_EXIST
+                        } else {
+                            s.abort_all();
+                            if t.function == tmf_function::LOGICAL_UNIT_RESET {
+                                lu.reset(ResetKind::LogicalUnit, &s.nexus);
                             }
+                            tmf_response::COMPLETE
+                        }
+                    }
+                    tmf_function::TARGET_WARM_RESET | tmf_function::TARGET_COLD_RESET => {
+                        s.abort_all();
+                        let kind = if t.function == tmf_function::TARGET_COLD_RESET {
+                            ResetKind::TargetCold
+                        } else {
+                            ResetKind::TargetWarm
+                        };
+                        // A target reset reaches every logical unit of the target.
+                        for e in self.target.exports.all() {
+                            e.device.reset(kind, &s.nexus);
                         }
                         tmf_response::COMPLETE
                     }
-                }
-                tmf_function::TARGET_WARM_RESET | tmf_function::TARGET_COLD_RESET => {
-                    s.abort_all();
-                    let kind = if t.function == tmf_function::TARGET_COLD_RESET {
-                        ResetKind::TargetCold
-                    } else {
-                        ResetKind::TargetWarm
-                    };
-                    // A target reset reaches every logical unit of the target.
-                    for e in self.target.exports.all() {
-                        e.device.reset(kind, &s.nexus);
+                    tmf_function::TASK_REASSIGN => tmf_response::REASSIGNMENT_NOT_SUPPORTED,
+                    // SAM-5: FUNCTION SUCCEEDED when the task is in the task set,
+                    // FUNCTION COMPLETE when it is not; nothing changes.
+                    tmf_function::QUERY_TASK if !lun_ok => tmf_response::LUN_DOES_NOT_EXIST,
+                    tmf_function::QUERY_TASK => query_answer(s.has_task(t.referenced_task_tag)),
+                    tmf_function::QUERY_TASK_SET if !lun_ok => tmf_response::LUN_DOES_NOT_EXIST,
+                    tmf_function::QUERY_TASK_SET => query_answer(s.has_tasks()),
+                    // The I_T nexus loss for this session's nexus: its tasks end
+                    // here (RFC 7143 §4.2.3: no responses), the logical unit does
+                    // the rest; the LUN field is not used. The session stays up.
+                    tmf_function::I_T_NEXUS_RESET => {
+                        s.abort_all();
+                        lu.nexus_reset(&s.nexus);
+                        tmf_response::COMPLETE
                     }
-                    tmf_response::COMPLETE
+                    tmf_function::QUERY_ASYNC_EVENT if !lun_ok => tmf_response::LUN_DOES_NOT_EXIST,
+                    tmf_function::QUERY_ASYNC_EVENT => match lu.query_async_event(&s.nexus) {
+                        Some(info) => {
+                            additional = info;
+                            tmf_response::FUNCTION_SUCCEEDED
+                        }
+                        None => tmf_response::COMPLETE,
+                    },
+                    _ => tmf_response::NOT_SUPPORTED,
                 }
-                tmf_function::TASK_REASSIGN => tmf_response::REASSIGNMENT_NOT_SUPPORTED,
-                _ => tmf_response::NOT_SUPPORTED,
             }
         };
         let r = TaskMgmtResponse {
             response,
             itt: t.itt,
+            additional_response_information: additional,
             ..Default::default()
         };
         self.send(
@@ -1134,6 +1161,16 @@ impl Session {
         }
     }
 
+    /// Is the task `itt` in the task set (executing, or a write gathering data)?
+    fn has_task(&self, itt: u32) -> bool {
+        self.pending.contains_key(&itt) || self.running.lock().contains_key(&itt)
+    }
+
+    /// Is any task of the session in the task set?
+    fn has_tasks(&self) -> bool {
+        !self.pending.is_empty() || !self.running.lock().is_empty()
+    }
+
     /// Aborts every task of the session (resets, logout, connection loss).
     fn abort_all(&mut self) {
         let itts: Vec<u32> = self.pending.keys().copied().collect();
@@ -1201,6 +1238,16 @@ impl Session {
             }
         });
         map.insert(c.itt, handle.abort_handle());
+    }
+}
+
+/// The answer to QUERY TASK and QUERY TASK SET (RFC 7144 §4.2, SAM-5): FUNCTION
+/// SUCCEEDED for "yes", FUNCTION COMPLETE for "no".
+fn query_answer(yes: bool) -> u8 {
+    if yes {
+        tmf_response::FUNCTION_SUCCEEDED
+    } else {
+        tmf_response::COMPLETE
     }
 }
 

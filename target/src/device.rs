@@ -31,6 +31,11 @@
 //!   [`MAX_IDLE_UA_NEXUSES`] lost nexuses keep conditions; the oldest go first. No
 //!   I_T NEXUS LOSS OCCURRED is raised (its only audience would be that same
 //!   nexus, which already knows).
+//! - The I_T NEXUS RESET task management function is the I_T nexus loss of SAM-5
+//!   for the nexus it arrived on, which stays logged in: its SPC-2 reservation is
+//!   released and I_T NEXUS LOSS OCCURRED (29/07) established ahead of the
+//!   conditions about reservations it still has to hear; its other conditions are
+//!   forgotten.
 //! - APTPL: with an APTPL file ([`Device::with_aptpl_file`]) registrations and the
 //!   reservation are written (temp file, fsync, rename, fsync of the directory)
 //!   before PERSISTENT RESERVE OUT returns GOOD while APTPL is active, and loaded at
@@ -497,6 +502,44 @@ impl Device {
         }
     }
 
+    /// The I_T NEXUS RESET task management function arrived on `nexus` (RFC 7144
+    /// §4.1, SAM-5): the connection has aborted the nexus's tasks; here the
+    /// rest of the I_T nexus loss happens, and the nexus stays logged in to hear of
+    /// it on its next command.
+    pub fn nexus_reset(&self, nexus: &Nexus) {
+        self.state.lock().know(nexus);
+        self.nexus_loss(nexus);
+    }
+
+    /// The SAM-5 I_T nexus loss of one nexus: its SPC-2 reservation is released, its copy
+    /// results forgotten, I_T NEXUS LOSS OCCURRED established ahead of the
+    /// reservation news it still has to hear; registrations stay (SPC-4 §5.13.1).
+    fn nexus_loss(&self, nexus: &Nexus) {
+        self.copies.lock().forget(&nexus.initiator_port);
+        let mut st = self.state.lock();
+        if st.spc2.as_deref() == Some(&*nexus.initiator_port) {
+            st.spc2 = None;
+        }
+        let port = &nexus.initiator_port;
+        st.ua.nexus_lost(port, |a| {
+            [
+                ua::asc::RESERVATIONS_PREEMPTED,
+                ua::asc::RESERVATIONS_RELEASED,
+                ua::asc::REGISTRATIONS_PREEMPTED,
+            ]
+            .contains(a)
+        });
+        st.idle.retain(|p| p != port);
+        st.idle.push_back(port.clone());
+        while st.idle.len() > MAX_IDLE_UA_NEXUSES {
+            if let Some(old) = st.idle.pop_front() {
+                if !st.nexuses.contains_key(&old) {
+                    st.ua.drop_nexus(&old);
+                }
+            }
+        }
+    }
+
     /// A nexus logged in: it will hear of resets and changes even before its first
     /// command. (Commands register their nexus too; this only closes that gap.)
     pub fn nexus_added(&self, nexus: &Nexus) {
@@ -513,6 +556,17 @@ impl Device {
     /// PARAMETERS CHANGED 2A/01 after `except` ran MODE SELECT).
     pub fn raise_all_except(&self, asc: Asc, except: &Nexus) {
         self.state.lock().raise_all(asc, Some(except));
+    }
+
+    /// The SAM-5 ADDITIONAL RESPONSE INFORMATION of QUERY ASYNCHRONOUS EVENT
+    /// for `nexus`, or `None` when nothing is pending: UADE DEPTH
+    /// (01b one condition, 10b more than one) and the sense key in byte 0, ASC and
+    /// ASCQ of the condition its next command would report. Nothing is cleared.
+    pub fn query_async_event(&self, nexus: &Nexus) -> Option<[u8; 3]> {
+        let pending = self.pending_unit_attentions(nexus);
+        let first = pending.first()?;
+        let depth: u8 = if pending.len() == 1 { 0b01 } else { 0b10 };
+        Some([depth << 4 | key::UNIT_ATTENTION, first.asc, first.ascq])
     }
 
     /// The unit attentions pending for `nexus`, oldest first.
@@ -1260,6 +1314,49 @@ mod tests {
         // RESERVE(10) third-party reservations are refused.
         let r = exec(&d, &b, &[op::RESERVE_10, 0x10, 0, 0, 0, 0, 0, 0, 0, 0], &[]).await;
         assert_eq!(r.status, status::CHECK_CONDITION);
+    }
+
+    #[tokio::test]
+    async fn i_t_nexus_reset_is_a_nexus_loss_for_that_nexus_only() {
+        let d = Device::new(lu());
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        d.nexus_added(&b);
+        assert_eq!(exec(&d, &a, &RESERVE6, &[]).await.status, status::GOOD);
+        d.raise_all(ua::asc::CAPACITY_DATA_HAS_CHANGED);
+        d.nexus_reset(&a);
+        // b is untouched.
+        assert_eq!(
+            d.pending_unit_attentions(&b),
+            vec![ua::asc::CAPACITY_DATA_HAS_CHANGED]
+        );
+        let r = exec(&d, &b, &READ10, &[]).await;
+        assert_eq!(ua_of(&r), Some(ua::asc::CAPACITY_DATA_HAS_CHANGED));
+        // The SPC-2 reservation went with the nexus.
+        assert_eq!(exec(&d, &b, &RESERVE6, &[]).await.status, status::GOOD);
+        // a hears of the loss only: its other condition is gone.
+        let r = exec(&d, &a, &READ10, &[]).await;
+        assert_eq!(ua_of(&r), Some(ua::asc::I_T_NEXUS_LOSS_OCCURRED));
+        assert_eq!(
+            exec(&d, &a, &READ10, &[]).await.status,
+            status::RESERVATION_CONFLICT
+        );
+    }
+
+    #[tokio::test]
+    async fn query_async_event_reports_the_next_condition_without_clearing_it() {
+        let d = Device::new(lu());
+        let a = nexus("iqn.a", 1);
+        d.nexus_added(&a);
+        assert_eq!(d.query_async_event(&a), None);
+        d.raise_all(ua::asc::MODE_PARAMETERS_CHANGED);
+        // UADE DEPTH 01b (one), UNIT ATTENTION, 2A/01.
+        assert_eq!(d.query_async_event(&a), Some([0x16, 0x2a, 0x01]));
+        d.raise_all(ua::asc::CAPACITY_DATA_HAS_CHANGED);
+        // UADE DEPTH 10b (more than one), still the oldest.
+        assert_eq!(d.query_async_event(&a), Some([0x26, 0x2a, 0x01]));
+        let r = exec(&d, &a, &READ10, &[]).await;
+        assert_eq!(ua_of(&r), Some(ua::asc::MODE_PARAMETERS_CHANGED));
+        assert_eq!(d.query_async_event(&a), Some([0x16, 0x2a, 0x09]));
     }
 
     #[tokio::test]

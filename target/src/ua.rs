@@ -43,6 +43,10 @@ pub mod asc {
     pub const SCSI_BUS_RESET_OCCURRED: Asc = Asc::new(0x29, 0x02);
     /// BUS DEVICE RESET FUNCTION OCCURRED: a LOGICAL UNIT RESET (SAM-5 §6.3.3).
     pub const BUS_DEVICE_RESET_FUNCTION_OCCURRED: Asc = Asc::new(0x29, 0x03);
+    /// I_T NEXUS LOSS OCCURRED (SAM-5 I_T nexus loss, SPC-4 Annex D): the nexus was lost
+    /// (logout, dropped connection, session reinstatement) or reset by the I_T
+    /// NEXUS RESET task management function.
+    pub const I_T_NEXUS_LOSS_OCCURRED: Asc = Asc::new(0x29, 0x07);
     /// MODE PARAMETERS CHANGED (SPC-4 §6.11: another I_T nexus ran MODE SELECT).
     pub const MODE_PARAMETERS_CHANGED: Asc = Asc::new(0x2a, 0x01);
     /// RESERVATIONS PREEMPTED (SPC-4 §5.13, "Clearing": PERSISTENT RESERVE OUT CLEAR
@@ -137,6 +141,16 @@ impl UnitAttentions {
             self.queues.remove(&port);
         }
         action
+    }
+
+    /// The SAM-5 I_T nexus loss for `port`: I_T NEXUS LOSS OCCURRED goes
+    /// first (a 29h condition outranks the others, SAM-5 §5.14), the pending
+    /// conditions `keep` accepts stay behind it, the rest are forgotten.
+    pub fn nexus_lost(&mut self, port: &str, keep: impl Fn(&Asc) -> bool) {
+        let q = self.queues.entry(port.to_ascii_lowercase()).or_default();
+        q.retain(|a| keep(a) && *a != asc::I_T_NEXUS_LOSS_OCCURRED);
+        q.truncate(MAX_PENDING_PER_NEXUS - 1);
+        q.push_front(asc::I_T_NEXUS_LOSS_OCCURRED);
     }
 
     /// Forgets every condition of `port`.
@@ -257,6 +271,26 @@ mod tests {
         assert_eq!(
             ua.on_command("iqn.a,i,0x1", &TUR),
             UaAction::Report(asc::POWER_ON_OCCURRED)
+        );
+    }
+
+    #[test]
+    fn nexus_loss_goes_first_and_keeps_only_what_is_asked() {
+        let mut ua = UnitAttentions::new();
+        let p = port("a");
+        ua.raise(&p, asc::MODE_PARAMETERS_CHANGED);
+        ua.raise(&p, asc::REGISTRATIONS_PREEMPTED);
+        ua.nexus_lost(&p, |a| *a == asc::REGISTRATIONS_PREEMPTED);
+        assert_eq!(
+            ua.pending(&p),
+            vec![asc::I_T_NEXUS_LOSS_OCCURRED, asc::REGISTRATIONS_PREEMPTED]
+        );
+        // A second loss does not queue it twice.
+        ua.nexus_lost(&p, |_| true);
+        assert_eq!(ua.pending(&p).len(), 2);
+        assert_eq!(
+            ua.on_command(&p, &TUR),
+            UaAction::Report(asc::I_T_NEXUS_LOSS_OCCURRED)
         );
     }
 

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use mosaic_proto::frame::{self, FrameLimits};
 use mosaic_proto::pdu::{
-    self, Bhs, DataOut, LoginRequest, LogoutRequest, NopOut, Pdu, ScsiCommand, RESERVED_TAG,
+    self, Bhs, DataOut, LoginRequest, LogoutRequest, NopOut, Pdu, ScsiCommand, TaskMgmtRequest,
+    TaskMgmtResponse, RESERVED_TAG,
 };
 
 /// The initiator name the tests log in with.
@@ -728,6 +729,38 @@ impl Session {
                     r.status,
                     r.sense_key()
                 )));
+            }
+        }
+    }
+
+    /// Sends a Task Management Function Request (RFC 7143 §11.5, RFC 7144) as an
+    /// immediate PDU for `function` on this session's LUN, naming
+    /// `referenced_task_tag` (RESERVED_TAG when the function names no task), and
+    /// returns the target's response. Other PDUs that arrive first (the answers
+    /// of commands still running) are skipped.
+    pub fn task_mgmt(
+        &mut self,
+        function: u8,
+        referenced_task_tag: u32,
+    ) -> Result<TaskMgmtResponse> {
+        let itt = self.next_itt();
+        let req = TaskMgmtRequest {
+            immediate: true,
+            function,
+            lun: lun_field(self.lun),
+            itt,
+            referenced_task_tag,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            ref_cmd_sn: self.cmd_sn,
+            exp_data_sn: 0,
+        };
+        self.send(&Pdu::new(Bhs::TaskMgmtRequest(req), Bytes::new()))?;
+        loop {
+            match self.recv()?.bhs {
+                Bhs::TaskMgmtResponse(r) if r.itt == itt => return Ok(r),
+                Bhs::Reject(r) => return Err(Error::Reject { reason: r.reason }),
+                _ => {}
             }
         }
     }

@@ -38,7 +38,7 @@ use mosaic_proto::scsi::{status, Asc, Cdb, RwCdb, Sense};
 
 use crate::store::BackingStore;
 
-pub use opcodes::{Command, RESERVATION_COMMANDS, SUPPORTED_TMFS};
+pub use opcodes::{Command, RESERVATION_COMMANDS, SUPPORTED_TMFS, SUPPORTED_TMFS_2};
 
 /// The largest READ or WRITE we execute, in bytes: bounds the memory one command can
 /// pin. Reported to initiators as MAXIMUM TRANSFER LENGTH in the Block Limits VPD page

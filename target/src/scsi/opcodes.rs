@@ -735,15 +735,22 @@ pub(super) fn report_supported_opcodes(lu: &LogicalUnit, r: &ReportOpcodesCdb) -
 /// The task management functions the iSCSI layer (`conn.rs`) carries out, as the
 /// first byte of the REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS data (SPC-4 §6.36.2,
 /// Table 222): ATS (ABORT TASK), ATSS (ABORT TASK SET), CTSS (CLEAR TASK SET), LURS
-/// (LOGICAL UNIT RESET), TRS (TARGET RESET, warm and cold). Not: CLEAR ACA, QUERY
-/// TASK, QUERY TASK SET, I_T NEXUS RESET, QUERY ASYNCHRONOUS EVENT. Keep in step with
-/// the session's TMF handling.
-pub const SUPPORTED_TMFS: u8 = ATS | ATSS | CTSS | LURS | TRS;
+/// (LOGICAL UNIT RESET), QTS (QUERY TASK), TRS (TARGET RESET, warm and cold). Not:
+/// CLEAR ACA (no ACA: NACA is not supported), WAKEUP. Keep in step with the session's TMF
+/// handling.
+pub const SUPPORTED_TMFS: u8 = ATS | ATSS | CTSS | LURS | QTS | TRS;
+/// The second byte: QAES (QUERY ASYNCHRONOUS EVENT), QTSS (QUERY TASK SET), ITNRS
+/// (I_T NEXUS RESET), the functions RFC 7144 §4.1 brings to iSCSI.
+pub const SUPPORTED_TMFS_2: u8 = QAES | QTSS | ITNRS;
 const ATS: u8 = 0x80;
 const ATSS: u8 = 0x40;
 const CTSS: u8 = 0x10;
 const LURS: u8 = 0x08;
+const QTS: u8 = 0x04;
 const TRS: u8 = 0x02;
+const QAES: u8 = 0x04;
+const QTSS: u8 = 0x02;
+const ITNRS: u8 = 0x01;
 /// SPC-4 §6.36: an ALLOCATION LENGTH below 4 is INVALID FIELD IN CDB.
 const MIN_TMF_ALLOC_LEN: u32 = 4;
 /// With REPD = 1 the data is 16 bytes (ADDITIONAL DATA LENGTH 0Ch).
@@ -754,7 +761,7 @@ pub(super) fn report_supported_tmfs(repd: bool, alloc_len: u32) -> ScsiResult {
     if alloc_len < MIN_TMF_ALLOC_LEN {
         return ScsiResult::check(Sense::invalid_field_in_cdb(6, None), 0);
     }
-    let mut d = vec![SUPPORTED_TMFS, 0, 0, 0];
+    let mut d = vec![SUPPORTED_TMFS, SUPPORTED_TMFS_2, 0, 0];
     if repd {
         d[3] = (TMF_EXTENDED_LEN - 4) as u8;
         d.resize(TMF_EXTENDED_LEN, 0);
@@ -962,7 +969,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn report_supported_tmfs_lists_what_the_session_carries_out() {
+    async fn report_supported_tmfs_lists_what_the_session_carries_out_with_rfc_7144_queries() {
         let mut c = [0u8; 12];
         c[0] = op::MAINTENANCE_IN;
         c[1] = mi::REPORT_SUPPORTED_TMFS;
@@ -970,7 +977,8 @@ mod tests {
         let lu = lu();
         let r = exec(&lu, &c).await;
         assert_good(&r);
-        assert_eq!(&r.data_in[..], &[0xda, 0, 0, 0]);
+        // ATS ATSS CTSS LURS QTS TRS; QAES QTSS ITNRS.
+        assert_eq!(&r.data_in[..], &[0xde, 0x07, 0, 0]);
         c[2] = 0x80;
         c[9] = 16;
         let r = exec(&lu, &c).await;
