@@ -24,18 +24,15 @@
 //!   §11.5.1) 29/01. Resets release SPC-2 reservations; persistent reservations and
 //!   registrations survive every reset (SPC-4 §5.13.1), the cold one included, since
 //!   dropping a cluster's fence on a TMF would be worse than keeping it.
-//! - Nexus loss (logout, dropped connection, reinstatement) releases the nexus's
-//!   SPC-2 reservation and forgets its unit attentions, unless it is a registrant
-//!   or one of them is about reservations (2A/03-05): an initiator reconnecting
-//!   with the same ISID still learns that it was preempted or cleared. At most
-//!   [`MAX_IDLE_UA_NEXUSES`] lost nexuses keep conditions; the oldest go first. No
-//!   I_T NEXUS LOSS OCCURRED is raised (its only audience would be that same
-//!   nexus, which already knows).
-//! - The I_T NEXUS RESET task management function is the I_T nexus loss of SAM-5
-//!   for the nexus it arrived on, which stays logged in: its SPC-2 reservation is
-//!   released and I_T NEXUS LOSS OCCURRED (29/07) established ahead of the
-//!   conditions about reservations it still has to hear; its other conditions are
-//!   forgotten.
+//! - Nexus loss (logout, dropped connection, reinstatement) and the I_T NEXUS
+//!   RESET task management function are the I_T nexus loss of SAM-5: the
+//!   nexus's SPC-2 reservation is released and I_T NEXUS LOSS OCCURRED (29/07)
+//!   established for its initiator port, ahead of the conditions about
+//!   reservations (2A/03-05) it still has to hear; its other conditions are
+//!   forgotten. An initiator that logs in again with the same ISID (open-iscsi
+//!   keeps one per interface; a reinstated session always does) hears of the loss
+//!   on its next command. At most [`MAX_IDLE_UA_NEXUSES`] lost nexuses keep
+//!   conditions; the oldest go first.
 //! - APTPL: with an APTPL file ([`Device::with_aptpl_file`]) registrations and the
 //!   reservation are written (temp file, fsync, rename, fsync of the directory)
 //!   before PERSISTENT RESERVE OUT returns GOOD while APTPL is active, and loaded at
@@ -470,36 +467,13 @@ impl Device {
         st.raise_all(asc, None);
     }
 
-    /// The nexus is gone (logout, connection loss, session reinstatement).
+    /// The nexus is gone (logout, connection loss, session reinstatement): the I_T
+    /// nexus loss of SAM-5 (see the module docs).
     pub fn nexus_lost(&self, nexus: &Nexus) {
-        self.copies.lock().forget(&nexus.initiator_port);
         let mut st = self.state.lock();
         st.nexuses.remove(&*nexus.initiator_port);
-        if st.spc2.as_deref() == Some(&*nexus.initiator_port) {
-            st.spc2 = None;
-        }
-        let port = &nexus.initiator_port;
-        let about_reservations = st.ua.pending(port).iter().any(|a| {
-            [
-                ua::asc::RESERVATIONS_PREEMPTED,
-                ua::asc::RESERVATIONS_RELEASED,
-                ua::asc::REGISTRATIONS_PREEMPTED,
-            ]
-            .contains(a)
-        });
-        if !about_reservations && !st.pr.is_registered(nexus) {
-            st.ua.drop_nexus(port);
-            return;
-        }
-        st.idle.retain(|p| p != port);
-        st.idle.push_back(port.clone());
-        while st.idle.len() > MAX_IDLE_UA_NEXUSES {
-            if let Some(old) = st.idle.pop_front() {
-                if !st.nexuses.contains_key(&old) {
-                    st.ua.drop_nexus(&old);
-                }
-            }
-        }
+        drop(st);
+        self.nexus_loss(nexus);
     }
 
     /// The I_T NEXUS RESET task management function arrived on `nexus` (RFC 7144
@@ -1405,13 +1379,17 @@ mod tests {
             exec(&d, &a, &READ10, &[]).await.status,
             status::RESERVATION_CONFLICT
         );
-        // A preempted registrant keeps its unit attentions across nexus loss.
+        // A preempted registrant keeps its unit attentions across nexus loss,
+        // behind I_T NEXUS LOSS OCCURRED.
         assert_eq!(out(&d, &a, 6, 0, 0, 1).await.status, status::GOOD);
         assert_eq!(out(&d, &b, 3, 0, 2, 0).await.status, status::GOOD); // CLEAR
         d.nexus_lost(&a);
         assert_eq!(
             d.pending_unit_attentions(&a),
-            vec![ua::asc::RESERVATIONS_PREEMPTED]
+            vec![
+                ua::asc::I_T_NEXUS_LOSS_OCCURRED,
+                ua::asc::RESERVATIONS_PREEMPTED
+            ]
         );
     }
 
@@ -1440,13 +1418,46 @@ mod tests {
         );
         assert_eq!(
             d.pending_unit_attentions(&lost[1]),
-            vec![ua::asc::REGISTRATIONS_PREEMPTED]
+            vec![
+                ua::asc::I_T_NEXUS_LOSS_OCCURRED,
+                ua::asc::REGISTRATIONS_PREEMPTED
+            ]
         );
-        // A nexus with only a reset condition forgets it.
+        // A nexus with a reset condition forgets it: the loss replaces it.
         let c = nexus("iqn.c", 1);
         d.reset(ResetKind::LogicalUnit, &c);
         d.nexus_lost(&c);
-        assert!(d.pending_unit_attentions(&c).is_empty());
+        assert_eq!(
+            d.pending_unit_attentions(&c),
+            vec![ua::asc::I_T_NEXUS_LOSS_OCCURRED]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_nexus_hears_of_its_loss_when_it_returns() {
+        let d = Device::new(lu());
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        d.nexus_added(&a);
+        d.nexus_added(&b);
+        assert_eq!(exec(&d, &a, &RESERVE6, &[]).await.status, status::GOOD);
+        d.nexus_lost(&a);
+        // Its SPC-2 reservation went with it; the other nexus hears nothing.
+        assert_eq!(exec(&d, &b, &RESERVE6, &[]).await.status, status::GOOD);
+        assert!(d.pending_unit_attentions(&b).is_empty());
+        // The same initiator port (same ISID) logs in again.
+        d.nexus_added(&a);
+        let r = exec(&d, &a, &INQUIRY, &[]).await;
+        assert_eq!(r.status, status::GOOD, "INQUIRY neither reports nor clears");
+        let r = exec(&d, &a, &READ10, &[]).await;
+        assert_eq!(ua_of(&r), Some(ua::asc::I_T_NEXUS_LOSS_OCCURRED));
+        assert_eq!(
+            exec(&d, &a, &READ10, &[]).await.status,
+            status::RESERVATION_CONFLICT
+        );
+        // Another ISID of the same initiator is another nexus: nothing pending.
+        let a2 = nexus("iqn.a", 3);
+        d.nexus_lost(&a);
+        assert!(d.pending_unit_attentions(&a2).is_empty());
     }
 
     #[tokio::test]

@@ -136,3 +136,40 @@ fn rfc_7144_task_management_functions() {
     s.logout().expect("logout");
     other.logout().expect("logout");
 }
+
+/// A session that ends (logout) or is reinstated is an I_T nexus loss: the same
+/// initiator port (same InitiatorName and ISID) hears I_T NEXUS LOSS OCCURRED on
+/// its next command after it logs in again; another ISID hears nothing.
+#[test]
+fn a_lost_nexus_hears_i_t_nexus_loss_when_it_returns() {
+    use mosaic_tests::initiator::LoginOptions;
+    let server = Mosaic::start(&[Volume::memory("vol", "8M")]);
+    let mut s = mosaic_tests::login(&server, "vol", |o| o).expect("login");
+    s.command_good("TEST UNIT READY", &[0; 6], &[], 0)
+        .expect("first command");
+    let isid = s.isid;
+    s.logout().expect("logout");
+
+    // Another ISID of the same initiator is another nexus: nothing pending.
+    let mut other = mosaic_tests::login(&server, "vol", |o| o).expect("other login");
+    assert_eq!(other.test_unit_ready().expect("TUR").status, GOOD);
+
+    // The same port after a logout.
+    let mut back = mosaic_tests::login(&server, "vol", |o| LoginOptions { isid, ..o })
+        .expect("login with the same ISID");
+    let tur = back.test_unit_ready().expect("TEST UNIT READY");
+    assert_eq!(tur.status, CHECK_CONDITION);
+    assert_eq!(tur.sense_key(), Some(NEXUS_LOSS));
+    assert_eq!(back.test_unit_ready().expect("TUR").status, GOOD);
+
+    // The same port reinstating its live session (RFC 7143 §6.3.5).
+    let mut again = mosaic_tests::login(&server, "vol", |o| LoginOptions { isid, ..o })
+        .expect("reinstating login");
+    let tur = again.test_unit_ready().expect("TEST UNIT READY");
+    assert_eq!(tur.status, CHECK_CONDITION);
+    assert_eq!(tur.sense_key(), Some(NEXUS_LOSS));
+    assert_eq!(again.test_unit_ready().expect("TUR").status, GOOD);
+    assert_eq!(other.test_unit_ready().expect("TUR").status, GOOD);
+    again.logout().expect("logout");
+    other.logout().expect("logout");
+}
