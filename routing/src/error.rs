@@ -59,6 +59,9 @@ pub enum RoutingError {
     /// The operation needs a node that is still alive and this one failed.
     #[error("node {0} has failed")]
     NodeFailed(NodeId),
+    /// A page move was asked that cannot be made: the text says why.
+    #[error("page move refused: {0}")]
+    MoveRefused(&'static str),
     /// The table itself is inconsistent (after deserialisation): the text says how.
     #[error("inconsistent table: {0}")]
     Inconsistent(String),

@@ -530,6 +530,59 @@ impl RoutingTable {
         Ok(next)
     }
 
+    /// The next table with `to` as the primary of `page` (an operator's page move).
+    /// Epoch + 1.
+    ///
+    /// - `to` holds an in-sync replica: the two swap roles, nothing is copied.
+    /// - `to` holds no copy: it takes the primary's place and the old primary gives
+    ///   its copy up; the caller must have copied the page to `to` first, while
+    ///   holding the page against writes (see [`RoutingTable::page_move_copies`]).
+    pub fn move_primary(
+        &self,
+        volume: VolumeId,
+        page: u64,
+        to: NodeId,
+    ) -> Result<RoutingTable, RoutingError> {
+        let node = self.node(to).ok_or(RoutingError::UnknownNode(to))?;
+        if node.state != NodeState::Active {
+            return Err(RoutingError::NodeNotActive(to));
+        }
+        let mut next = self.clone();
+        let vm = next
+            .volumes
+            .get_mut(&volume)
+            .ok_or(RoutingError::UnknownVolume(volume))?;
+        let from = vm.primary(page).ok_or(RoutingError::OutOfRange {
+            lba: page << vm.page_shift,
+            blocks: 1,
+            volume_blocks: vm.volume.blocks,
+        })?;
+        if from == to {
+            return Err(RoutingError::MoveRefused("the node is already the primary"));
+        }
+        match vm.slots_mut(page).iter_mut().find(|s| s.node == to) {
+            Some(slot) if !slot.in_sync => {
+                return Err(RoutingError::MoveRefused(
+                    "the node's replica is still being rebuilt",
+                ))
+            }
+            Some(slot) => {
+                slot.node = from;
+            }
+            None => {}
+        }
+        vm.set_primary(page, to);
+        next.epoch = next.epoch.next();
+        Ok(next)
+    }
+
+    /// Whether moving the primary of `page` to `to` needs the page's data copied
+    /// to `to` first (it holds no copy of it).
+    pub fn page_move_copies(&self, volume: VolumeId, page: u64, to: NodeId) -> bool {
+        self.volume(volume)
+            .is_some_and(|vm| !vm.holders(page).any(|n| n == to))
+    }
+
     /// The next table with every replica marked in sync (a whole rebuild finished).
     /// Epoch + 1.
     pub fn mark_all_in_sync(&self) -> RoutingTable {
@@ -676,6 +729,53 @@ mod tests {
         assert_eq!(
             RoutingTable::new([Node::new(NodeId(1), 1), Node::new(NodeId(1), 1)]),
             Err(RoutingError::DuplicateNode(NodeId(1)))
+        );
+    }
+    #[test]
+    fn moving_a_primary_swaps_with_a_replica_or_replaces_the_old_primary() {
+        let nodes = (1..=3).map(|i| Node::new(NodeId(i), 1 << 40));
+        let t = RoutingTable::new(nodes).unwrap();
+        let mut v = Volume::new(VolumeId(1), "v", 64 << 20);
+        v.page_size = 16 << 20;
+        v.replicas = 1;
+        let t = crate::plan_create_volume(&t, v).unwrap();
+        let vm = t.volume(VolumeId(1)).unwrap();
+        let p = vm.primary(0).unwrap();
+        let r = vm.replicas(0)[0].node;
+        let other = (1..=3).map(NodeId).find(|n| *n != p && *n != r).unwrap();
+
+        // To the replica: roles swap, no copy needed.
+        assert!(!t.page_move_copies(VolumeId(1), 0, r));
+        let swapped = t.move_primary(VolumeId(1), 0, r).unwrap();
+        assert_eq!(swapped.epoch(), t.epoch().next());
+        let m = swapped.volume(VolumeId(1)).unwrap();
+        assert_eq!(m.primary(0), Some(r));
+        assert_eq!(m.replicas(0)[0].node, p);
+        swapped.validate().unwrap();
+
+        // To a node without a copy: it replaces the primary, the replica stays.
+        assert!(t.page_move_copies(VolumeId(1), 0, other));
+        let moved = t.move_primary(VolumeId(1), 0, other).unwrap();
+        let m = moved.volume(VolumeId(1)).unwrap();
+        assert_eq!(m.primary(0), Some(other));
+        assert_eq!(m.replicas(0)[0].node, r);
+        assert!(!m.holders(0).any(|n| n == p));
+        moved.validate().unwrap();
+        // Other pages are untouched.
+        for page in 1..m.page_count() {
+            assert_eq!(m.primary(page), vm.primary(page));
+        }
+
+        // Refusals leave nothing changed.
+        assert!(matches!(
+            t.move_primary(VolumeId(1), 0, p),
+            Err(RoutingError::MoveRefused(_))
+        ));
+        assert!(t.move_primary(VolumeId(1), 99, r).is_err());
+        assert!(t.move_primary(VolumeId(9), 0, r).is_err());
+        assert_eq!(
+            t.move_primary(VolumeId(1), 0, NodeId(7)),
+            Err(RoutingError::UnknownNode(NodeId(7)))
         );
     }
 }

@@ -114,6 +114,20 @@ enum RoutingCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Move the primary of pages of a volume to another node (their data is
+    /// copied there first when it holds no copy); initiators are told by a unit
+    /// attention to fetch the table again.
+    Move {
+        name: String,
+        /// A page number or an inclusive range FIRST-LAST.
+        #[arg(long)]
+        pages: String,
+        /// The node to become the pages' primary.
+        #[arg(long)]
+        to: u32,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// One request to the admin endpoint, answering text for people.
@@ -151,6 +165,15 @@ fn run_client(command: &Option<Command>) -> Option<Result<()>> {
         Some(Command::Routing(RoutingCommand::Show { name, admin })) => {
             (&admin.admin, Box::new(move |c| c.routing(name)))
         }
+        Some(Command::Routing(RoutingCommand::Move {
+            name,
+            pages,
+            to,
+            admin,
+        })) => (
+            &admin.admin,
+            Box::new(move |c| c.move_pages(name, pages, *to)),
+        ),
         Some(Command::Status(admin)) => (&admin.admin, Box::new(|c| c.status())),
         _ => return None,
     };

@@ -6,6 +6,10 @@
 //! - Concurrent overlapping writes through different nodes leave the primary's and
 //!   the replica's copy of every page identical (each page's writes are applied in
 //!   one order everywhere), checked in the nodes' backing files after a clean stop.
+//! - Pages moved with `mosaic routing move` while two initiators write through two
+//!   nodes lose no acknowledged write: every block reads back, through a third
+//!   node, as the last write to it; a nexus opened before the moves gets
+//!   ASYMMETRIC ACCESS STATE CHANGED on its next command.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mosaic_tests::initiator::{self, LoginOptions, Session};
-use mosaic_tests::server::{lab_port, Mosaic};
+use mosaic_tests::server::{lab_port, mosaic_bin, Mosaic};
+use mosaic_tests::tools;
 
 const NODES: u32 = 3;
 const NICS: u8 = 2;
@@ -22,10 +27,18 @@ const BLOCK: usize = 512;
 const PAGE: u64 = 1 << 20;
 const VOLUME_BYTES: u64 = 16 << 20;
 const IQN: &str = "iqn.2026-11.io.mosaic:cw";
+/// Sense key UNIT ATTENTION.
+const UNIT_ATTENTION: u8 = 0x06;
+/// Retries of a command answered with a unit attention (one per table change).
+const UA_RETRIES: usize = 32;
 /// Whole loops are bounded by this, whatever happens.
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn start_lab(data_dir: &Path) -> (Mosaic, u16) {
+    start_lab_with(data_dir, &[])
+}
+
+fn start_lab_with(data_dir: &Path, extra: &[&str]) -> (Mosaic, u16) {
     let port = lab_port(NODES, NICS);
     let group: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -46,6 +59,7 @@ fn start_lab(data_dir: &Path) -> (Mosaic, u16) {
         "info",
     ]
     .iter()
+    .chain(extra)
     .map(|s| s.to_string())
     .collect();
     let lab =
@@ -81,8 +95,21 @@ fn write_blocks(s: &mut Session, lba: u64, data: &[u8]) {
     cdb[0] = 0x8a;
     cdb[2..10].copy_from_slice(&lba.to_be_bytes());
     cdb[10..14].copy_from_slice(&((data.len() / BLOCK) as u32).to_be_bytes());
-    let r = s.command(&cdb, data, 0).expect("WRITE(16)");
-    assert_eq!(r.status, initiator::GOOD, "WRITE(16) at {lba}");
+    let mut r = s.command(&cdb, data, 0).expect("WRITE(16)");
+    // Each routing change (a page move) is announced once per nexus; an initiator
+    // retries the command. A few changes may come one after the other.
+    for _ in 0..UA_RETRIES {
+        if r.sense_key().map(|(k, _, _)| k) != Some(UNIT_ATTENTION) {
+            break;
+        }
+        r = s.command(&cdb, data, 0).expect("WRITE(16)");
+    }
+    assert_eq!(
+        r.status,
+        initiator::GOOD,
+        "WRITE(16) at {lba}: sense {:x?}",
+        r.sense_key()
+    );
 }
 
 /// COMPARE AND WRITE of one block: `true` when it wrote, `false` on MISCOMPARE.
@@ -243,4 +270,151 @@ fn racing_writes_through_different_nodes_leave_every_copy_identical() {
             );
         }
     }
+}
+
+/// A block stamped with its LBA and a generation, so a read tells which write it
+/// returned.
+fn stamped(lba: u64, generation: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK];
+    for (i, chunk) in b.chunks_mut(16).enumerate() {
+        chunk[..8].copy_from_slice(&lba.to_be_bytes());
+        chunk[8..].copy_from_slice(&(generation ^ i as u64).to_be_bytes());
+    }
+    b
+}
+
+/// Each page's primary from `mosaic routing show`'s map line
+/// ("map (PAGES:PRIMARY+REPLICAS): 0:3+2 1-3:3+1 ...").
+fn primaries_of(shown: &str) -> Vec<u32> {
+    let line = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("map (PAGES:PRIMARY+REPLICAS): "))
+        .unwrap_or_else(|| panic!("no map line in:\n{shown}"));
+    let mut out = Vec::new();
+    for run in line.split_whitespace() {
+        let (pages, holders) = run.split_once(':').expect("PAGES:HOLDERS");
+        let (first, last) = pages.split_once('-').unwrap_or((pages, pages));
+        let primary: u32 = holders
+            .split('+')
+            .next()
+            .expect("primary")
+            .parse()
+            .expect("node");
+        let (first, last): (usize, usize) =
+            (first.parse().expect("page"), last.parse().expect("page"));
+        assert_eq!(first, out.len(), "runs in page order");
+        out.extend(std::iter::repeat_n(primary, last - first + 1));
+    }
+    out
+}
+
+fn routing_cli(args: &[&str]) -> String {
+    let out = tools::run(
+        std::process::Command::new(mosaic_bin()).args(args),
+        Duration::from_secs(90),
+    );
+    assert!(out.success(), "mosaic {args:?} failed:\n{}", out.both());
+    out.stdout
+}
+
+#[test]
+fn moving_pages_under_writes_loses_no_acknowledged_write() {
+    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+        return;
+    }
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free admin port")
+        .to_string();
+    let data = tempfile::tempdir().expect("temp dir");
+    let (mut lab, port) = start_lab_with(data.path(), &["--admin", &admin]);
+    let blocks = VOLUME_BYTES / BLOCK as u64;
+    // A nexus opened before the moves.
+    let mut watcher = login(node_portal(3, port));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = Instant::now();
+    // Writer k owns the blocks b with b % 2 == k and writes them through node k+1,
+    // 64 blocks apart so every page is touched, in rounds (a generation each).
+    let writers: Vec<_> = (0..2u64)
+        .map(|k| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut s = login(node_portal(k as u32 + 1, port));
+                let mut last = std::collections::HashMap::new();
+                let mut generation = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || generation < 2 {
+                    assert!(start.elapsed() < LIMIT, "writers too slow");
+                    generation += 1;
+                    let mut lba = k + (generation % 32) * 2;
+                    while lba < blocks {
+                        write_blocks(&mut s, lba, &stamped(lba, generation));
+                        last.insert(lba, generation);
+                        lba += 64;
+                    }
+                }
+                last
+            })
+        })
+        .collect();
+
+    // Meanwhile: move pages 0-7 to node 3 (copies for those it does not hold,
+    // swaps for those it replicates), then pages 4-11 to node 1.
+    thread::sleep(Duration::from_millis(200));
+    let first = routing_cli(&[
+        "routing", "move", "cw", "--pages", "0-7", "--to", "3", "--admin", &admin,
+    ]);
+    assert!(first.contains("to node 3"), "{first}");
+    let second = routing_cli(&[
+        "routing", "move", "cw", "--pages", "4-11", "--to", "1", "--admin", &admin,
+    ]);
+    assert!(second.contains("to node 1"), "{second}");
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+
+    // The table says what was asked.
+    let shown = routing_cli(&["routing", "show", "cw", "--admin", &admin]);
+    let primaries = primaries_of(&shown);
+    for page in 0..12 {
+        let want = if page < 4 { 3 } else { 1 };
+        assert_eq!(
+            primaries.get(page),
+            Some(&want),
+            "page {page}: primary {want} expected after the moves:\n{shown}"
+        );
+    }
+
+    // Every acknowledged write is there, read through node 3.
+    let mut check = login(node_portal(3, port));
+    let mut checked = 0;
+    for map in &last {
+        for (&lba, &generation) in map {
+            assert_eq!(
+                read_block(&mut check, lba),
+                stamped(lba, generation),
+                "LBA {lba}: the last acknowledged write (generation {generation}) is lost"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} blocks written");
+
+    // The nexus opened before the moves hears of them once.
+    let r = watcher.test_unit_ready().expect("TEST UNIT READY");
+    assert_eq!(
+        r.sense_key(),
+        Some((0x06, 0x2a, 0x06)),
+        "UNIT ATTENTION, ASYMMETRIC ACCESS STATE CHANGED expected after the moves"
+    );
+    assert_eq!(
+        watcher.test_unit_ready().expect("TUR").status,
+        initiator::GOOD
+    );
+    lab.assert_alive("after the page moves");
+    drop((watcher, check));
+    assert!(lab.stop(), "lab stops on SIGTERM");
 }

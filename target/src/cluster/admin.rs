@@ -10,6 +10,7 @@
 //! | `POST /volumes/NAME/resize` `{size}` | grow or shrink |
 //! | `DELETE /volumes/NAME` | delete |
 //! | `GET /routing/NAME` | pages per node, a run-length map of the pages, the epoch |
+//! | `POST /routing/NAME/move` `{pages: "FIRST[-LAST]", to}` | move those pages' primary to node `to` |
 //! | `GET /status` | nodes, portals with connections, sessions, I/O counters |
 //! | `GET /metrics` | Prometheus text format 0.0.4, every metric named `mosaic_*` |
 //!
@@ -38,7 +39,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use mosaic_coord::Coordinator;
 use mosaic_routing::{
-    plan_create_volume, plan_resize_volume, RoutingTable, Volume, VolumeId, VolumeMap,
+    plan_create_volume, plan_resize_volume, NodeId, RoutingTable, Volume, VolumeId, VolumeMap,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -49,7 +50,7 @@ use tracing::info;
 use super::lab::Lab;
 use super::portals::PortalLoad;
 use super::state::{ClusterState, StateError};
-use super::store::IoStats;
+use super::store::{ClusterIoError, IoStats};
 use super::volumes::{
     delete_options, put_options, volume_config, BackingKind, NodeVolumes, VolumeOptions,
     VolumeStatus,
@@ -72,6 +73,8 @@ struct AdminNode {
     stats: Arc<IoStats>,
     volumes: Arc<NodeVolumes>,
     target: Option<Arc<Target>>,
+    /// The node as the primary of its pages: page moves start there.
+    service: Arc<super::store::NodeService>,
 }
 
 /// What the endpoint serves from.
@@ -177,6 +180,38 @@ struct ResizeRequest {
     size: SizeArg,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveRequest {
+    /// "N" or "FIRST-LAST" (inclusive).
+    pages: String,
+    /// The node to become the primary.
+    to: u32,
+}
+
+/// Parses "N" or "FIRST-LAST" against a volume of `count` pages.
+fn page_range(text: &str, count: u64) -> ApiResult<std::ops::RangeInclusive<u64>> {
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad(format!("pages: {t:?} is not a page number")))
+    };
+    let (first, last) = match text.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => {
+            let n = num(text)?;
+            (n, n)
+        }
+    };
+    if first > last || last >= count {
+        return Err(ApiError::bad(format!(
+            "pages: {text:?} is not a range within the volume's {count} pages (0-{})",
+            count.saturating_sub(1)
+        )));
+    }
+    Ok(first..=last)
+}
+
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("request body: {e}")))
 }
@@ -193,6 +228,7 @@ impl Admin {
                 state: state.clone(),
                 stats: lab.stats[&id].clone(),
                 volumes: lab.volumes[&id].clone(),
+                service: lab.services[&id].clone(),
                 target: targets
                     .iter()
                     .find(|(n, _)| *n == Some(id))
@@ -415,6 +451,83 @@ async fn resize_volume(
         .volume(v.id)
         .ok_or_else(|| ApiError::unknown_volume(&name))?;
     Ok(Json(a.describe(map)))
+}
+
+/// Moves the primary of each page of the range to node `to`, one page at a time,
+/// each at its current primary (see `NodeService::move_page`); answers once every
+/// node has followed the last change, with the routing view.
+async fn move_pages(
+    State(a): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: MoveRequest = parse_body(&body)?;
+    let _one_change = a.changes.lock().await;
+    let t = a.table().await?;
+    let map = t
+        .volume_by_name(&name)
+        .ok_or_else(|| ApiError::unknown_volume(&name))?;
+    let id = map.volume().id;
+    let to = NodeId(req.to);
+    match t.node(to) {
+        None => return Err(ApiError::bad(format!("to: no node {}", req.to))),
+        Some(n) if n.state != mosaic_routing::NodeState::Active => {
+            return Err(ApiError::bad(format!("to: node {} is not active", req.to)))
+        }
+        Some(_) => {}
+    }
+    let range = page_range(&req.pages, map.page_count())?;
+    let (mut moved, mut copied) = (0u64, 0u64);
+    for page in range {
+        let t = a.table().await?;
+        let map = t
+            .volume(id)
+            .ok_or_else(|| ApiError::unknown_volume(&name))?;
+        let Some(primary) = map.primary(page) else {
+            continue;
+        };
+        if primary == to {
+            continue;
+        }
+        let node =
+            a.nodes.iter().find(|n| n.id == primary.0).ok_or_else(|| {
+                ApiError::bad(format!("page {page}: primary {primary} is not here"))
+            })?;
+        if t.page_move_copies(id, page, to) {
+            copied += 1;
+        }
+        node.service
+            .move_page(id.0, page, to)
+            .await
+            .map_err(|e| match e {
+                ClusterIoError::State(s) => ApiError::from(s),
+                other => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("page {page}: {other}"),
+                ),
+            })?;
+        moved += 1;
+    }
+    // Answer once every node routes by the new table.
+    let epoch = a.table().await?.epoch();
+    let deadline = tokio::time::Instant::now() + FOLLOW_LIMIT;
+    while a.nodes.iter().any(|n| n.state.table().epoch() < epoch) {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "pages moved but not every node reached epoch {} in time",
+                    epoch.0
+                ),
+            ));
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+    info!(volume = %name, moved, copied, to = req.to, "pages moved");
+    let Json(mut view) = routing(State(a.clone()), Path(name)).await?;
+    view["moved"] = json!(moved);
+    view["copied"] = json!(copied);
+    Ok(Json(view))
 }
 
 async fn delete_volume(
@@ -749,6 +862,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/volumes/{name}", delete(delete_volume))
         .route("/volumes/{name}/resize", post(resize_volume))
         .route("/routing/{name}", get(routing))
+        .route("/routing/{name}/move", post(move_pages))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .fallback(not_found)

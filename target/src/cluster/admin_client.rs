@@ -280,6 +280,22 @@ impl AdminClient {
         Ok(out)
     }
 
+    /// `POST /routing/NAME/move`.
+    pub fn move_pages(&self, name: &str, pages: &str, to: u32) -> Result<String, ClientError> {
+        let v = self.call(
+            "POST",
+            &format!("/routing/{}/move", segment(name)),
+            Some(&json!({ "pages": pages, "to": to })),
+        )?;
+        Ok(format!(
+            "moved the primary of {} page{} of {name} to node {to} ({} copied there), routing epoch {}\n",
+            num(&v, "moved"),
+            if num(&v, "moved") == 1 { "" } else { "s" },
+            num(&v, "copied"),
+            num(&v, "epoch"),
+        ))
+    }
+
     /// `GET /status`.
     pub fn status(&self) -> Result<String, ClientError> {
         let v = self.call("GET", "/status", None)?;

@@ -93,6 +93,8 @@ pub struct Lab {
     pub exports: HashMap<u32, Arc<crate::server::Exports>>,
     /// Each node's volumes, following the routing table.
     pub volumes: HashMap<u32, Arc<NodeVolumes>>,
+    /// Each node as the primary of its pages (page moves start there).
+    pub services: HashMap<u32, Arc<NodeService>>,
     /// The coordinator every node shares.
     pub coord: Arc<dyn Coordinator>,
     servers: Vec<Server>,
@@ -158,6 +160,7 @@ impl Lab {
         let mut first_exports = None;
         let mut exports_by_node = HashMap::new();
         let mut volumes_by_node = HashMap::new();
+        let mut services = HashMap::new();
         for i in 1..=config.nodes {
             let state = ClusterState::open(coord.clone(), initial.clone()).await?;
             let table = state.table();
@@ -210,6 +213,7 @@ impl Lab {
                 first_exports = Some(exports.clone());
             }
             exports_by_node.insert(i, exports.clone());
+            services.insert(i, service.clone());
             let link = LinkServer::bind(link_addr(i, config.port), service)
                 .await
                 .with_context(|| {
@@ -258,6 +262,7 @@ impl Lab {
             portals,
             exports: exports_by_node,
             volumes: volumes_by_node,
+            services,
             coord,
             servers,
             links,

@@ -146,6 +146,8 @@ pub mod kind {
     pub const SHORT_CUT: u8 = 0x06;
     /// [`super::Request::Ping`].
     pub const PING: u8 = 0x07;
+    /// [`super::Request::PageCopy`].
+    pub const PAGE_COPY: u8 = 0x08;
     /// [`super::Response::Data`].
     pub const DATA: u8 = 0x81;
     /// [`super::Response::Done`].
@@ -418,6 +420,18 @@ pub enum Request {
         len: u32,
         /// The task's connection state.
         state: ConnState,
+    },
+    /// Part of a page being moved to this node, sent by the page's primary while
+    /// it holds the page against writes -> [`Response::Done`]. Written whatever
+    /// the table says (the table names this node only once the copy is complete);
+    /// refused by the page's current primary.
+    PageCopy {
+        /// Volume id.
+        volume: u64,
+        /// Byte offset.
+        offset: u64,
+        /// The data, at most [`MAX_DATA_LEN`] bytes.
+        data: Bytes,
     },
     /// Liveness and round-trip measurement -> [`Response::Pong`]. Exempt from the
     /// epoch check: it serves nothing, and a node behind must still look alive.
@@ -748,6 +762,7 @@ impl Request {
             Request::Unmap { .. } => kind::UNMAP,
             Request::ShortCut { .. } => kind::SHORT_CUT,
             Request::Ping => kind::PING,
+            Request::PageCopy { .. } => kind::PAGE_COPY,
         }
     }
 
@@ -829,6 +844,17 @@ impl Request {
                 h.put_u32(*len);
                 state.put(&mut h);
                 finish(h, k, request_id, epoch, none(), none())
+            }
+            Request::PageCopy {
+                volume,
+                offset,
+                data,
+            } => {
+                check_data_len(data.len())?;
+                let mut h = frame_head(16);
+                h.put_u64(*volume);
+                h.put_u64(*offset);
+                finish(h, k, request_id, epoch, data.clone(), none())
             }
             Request::Ping => finish(frame_head(0), k, request_id, epoch, none(), none()),
         }
@@ -917,6 +943,17 @@ impl Request {
                 }
             }
             kind::PING => Request::Ping,
+            kind::PAGE_COPY => {
+                let volume = get_u64(b, "volume")?;
+                let offset = get_u64(b, "offset")?;
+                let data = std::mem::take(b);
+                check_data_len(data.len())?;
+                Request::PageCopy {
+                    volume,
+                    offset,
+                    data,
+                }
+            }
             other => return Err(FrameError::UnknownKind(other)),
         };
         if !body.is_empty() {
@@ -1567,7 +1604,10 @@ impl Expect {
     fn of(req: &Request) -> Expect {
         match req {
             Request::Read { len, .. } => Expect::Data(*len),
-            Request::Write { .. } | Request::Flush { .. } | Request::Unmap { .. } => Expect::Done,
+            Request::Write { .. }
+            | Request::Flush { .. }
+            | Request::Unmap { .. }
+            | Request::PageCopy { .. } => Expect::Done,
             Request::CompareAndWrite { .. } => Expect::DoneOrMiscompare,
             Request::ShortCut { .. } => Expect::Pdus,
             Request::Ping => Expect::Pong,
@@ -2622,6 +2662,13 @@ mod tests {
                     state
                 }
             ),
+            (any::<u64>(), any::<u64>(), arb_bytes(64)).prop_map(|(volume, offset, data)| {
+                Request::PageCopy {
+                    volume,
+                    offset,
+                    data,
+                }
+            }),
             Just(Request::Ping),
         ]
     }

@@ -29,13 +29,16 @@ use thiserror::Error;
 use super::link::{
     self, LinkError, LocalService, Peers, Request, Response, ServeFuture, WireError,
 };
-use super::state::ClusterState;
+use super::state::{ClusterState, StateError};
 use crate::scsi::lock::RangeLock;
 use crate::store::{BackingStore, StoreError};
 
 /// Attempts at one piece when peers keep answering with another epoch: each retry
 /// follows a refreshed table, so a few suffice unless the table is in flux.
 const ROUTE_ATTEMPTS: u32 = 4;
+
+/// Bytes of a page sent in one request while the page is moved.
+const PAGE_COPY_CHUNK: u64 = 1 << 20;
 
 /// Why a clustered I/O failed.
 #[derive(Debug, Error)]
@@ -55,6 +58,9 @@ pub enum ClusterIoError {
     /// This node is not (or no longer) the primary of the range asked for.
     #[error("not the primary of the range")]
     NotPrimary,
+    /// The routing table could not be changed (a page move).
+    #[error(transparent)]
+    State(#[from] super::state::StateError),
 }
 
 impl ClusterIoError {
@@ -234,6 +240,35 @@ impl NodeService {
         Ok(())
     }
 
+    /// Copies a modification of `[offset, offset + len)` to the range's replicas,
+    /// with the range held: when a replica answers that the epoch moved, the table
+    /// is read again and, if this node is still the primary, the copy goes to the
+    /// replicas the new table names (a replica behind catches up by its watch).
+    async fn replicate(
+        &self,
+        volume: u64,
+        offset: u64,
+        len: u64,
+        (mut epoch, mut replicas): (u64, Vec<NodeId>),
+        req: Request,
+    ) -> Result<(), ClusterIoError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.to_replicas(epoch, &replicas, req.clone()).await {
+                Err(ClusterIoError::Link {
+                    source: LinkError::StaleEpoch { .. },
+                    ..
+                }) if attempt < ROUTE_ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;
+                    let _ = self.state.refresh().await;
+                    (epoch, replicas) = self.replicas_as_primary(volume, offset, len)?;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Reads `[offset, offset + len)` as the primary, sharing the range with other
     /// readers and waiting for writes in progress.
     pub async fn read_as_primary(
@@ -263,7 +298,7 @@ impl NodeService {
         let v = self.local(volume)?;
         let len = data.len() as u64;
         let _range = v.locks.lock(offset, len, true).await;
-        let (epoch, replicas) = self.replicas_as_primary(volume, offset, len)?;
+        let route = self.replicas_as_primary(volume, offset, len)?;
         let copy = Request::Write {
             volume,
             offset,
@@ -278,7 +313,7 @@ impl NodeService {
             }
             Ok::<(), ClusterIoError>(())
         };
-        tokio::try_join!(here, self.to_replicas(epoch, &replicas, copy))?;
+        tokio::try_join!(here, self.replicate(volume, offset, len, route, copy))?;
         Ok(())
     }
 
@@ -291,7 +326,7 @@ impl NodeService {
     ) -> Result<(), ClusterIoError> {
         let v = self.local(volume)?;
         let _range = v.locks.lock(offset, len, true).await;
-        let (epoch, replicas) = self.replicas_as_primary(volume, offset, len)?;
+        let route = self.replicas_as_primary(volume, offset, len)?;
         let copy = Request::Unmap {
             volume,
             offset,
@@ -302,7 +337,7 @@ impl NodeService {
             v.store.deallocate(offset, len).await?;
             Ok::<(), ClusterIoError>(())
         };
-        tokio::try_join!(here, self.to_replicas(epoch, &replicas, copy))?;
+        tokio::try_join!(here, self.replicate(volume, offset, len, route, copy))?;
         Ok(())
     }
 
@@ -325,7 +360,7 @@ impl NodeService {
             )));
         }
         let _range = v.locks.lock(offset, len, true).await;
-        let (epoch, replicas) = self.replicas_as_primary(volume, offset, len)?;
+        let route = self.replicas_as_primary(volume, offset, len)?;
         let medium = v.store.read_at(offset, compare.len()).await?;
         if let Some(at) = medium.iter().zip(compare.iter()).position(|(a, b)| a != b) {
             return Ok(Some(at as u32));
@@ -341,8 +376,91 @@ impl NodeService {
             v.store.write_at(offset, write).await?;
             Ok::<(), ClusterIoError>(())
         };
-        tokio::try_join!(here, self.to_replicas(epoch, &replicas, copy))?;
+        tokio::try_join!(here, self.replicate(volume, offset, len, route, copy))?;
         Ok(None)
+    }
+
+    /// Moves the primary of `page` of `volume` to node `to` (an operator's page
+    /// move): this node must be the page's primary. Holding the page exclusively
+    /// (writes and reads through any node wait at this lock), it copies the page to
+    /// `to` when `to` holds no copy yet, then switches the table (epoch + 1) and
+    /// lets go; the requests that waited find this node no longer the primary and
+    /// are routed again, to `to`. Returns the new table.
+    pub async fn move_page(
+        &self,
+        volume: u64,
+        page: u64,
+        to: NodeId,
+    ) -> Result<Arc<mosaic_routing::RoutingTable>, ClusterIoError> {
+        let v = self.local(volume)?;
+        let (offset, len) = {
+            let table = self.state.table();
+            let map = table
+                .volume(VolumeId(volume))
+                .ok_or(ClusterIoError::NoVolume(volume))?;
+            if page >= map.page_count() {
+                return Err(ClusterIoError::NoHolder(page));
+            }
+            (page * map.volume().page_size, map.page_bytes(page))
+        };
+        let _page = v.locks.lock(offset, len, true).await;
+        let table = self.state.table();
+        if !self.holds(&table, volume, offset, len, true) {
+            return Err(ClusterIoError::NotPrimary);
+        }
+        if table.page_move_copies(VolumeId(volume), page, to) {
+            let mut at = offset;
+            while at < offset + len {
+                let n = (offset + len - at).min(PAGE_COPY_CHUNK);
+                let data = v.store.read_at(at, n as usize).await?;
+                let copy = Request::PageCopy {
+                    volume,
+                    offset: at,
+                    data,
+                };
+                self.to_node_at_any_epoch(to, copy).await?;
+                at += n;
+            }
+            self.to_node_at_any_epoch(to, Request::Flush { volume })
+                .await?;
+        }
+        let next = self
+            .state
+            .update(|t| {
+                t.move_primary(VolumeId(volume), page, to)
+                    .map_err(StateError::Routing)
+            })
+            .await?;
+        let still_holds = next
+            .volume(VolumeId(volume))
+            .is_some_and(|m| m.holders(page).any(|n| n == self.node));
+        if !still_holds {
+            // The copy given up: free its space (nothing routes here for it now).
+            if let Err(e) = v.store.deallocate(offset, len).await {
+                tracing::warn!(volume, page, "freeing a moved page: {e}");
+            }
+        }
+        Ok(next)
+    }
+
+    /// Sends `req` to `node`; when the two disagree on the epoch, reads the table
+    /// again and retries (the one behind catches up by its watch).
+    async fn to_node_at_any_epoch(&self, node: NodeId, req: Request) -> Result<(), ClusterIoError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let epoch = self.state.table().epoch().0;
+            match self.to_replicas(epoch, &[node], req.clone()).await {
+                Err(ClusterIoError::Link {
+                    source: LinkError::StaleEpoch { .. },
+                    ..
+                }) if attempt < ROUTE_ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;
+                    let _ = self.state.refresh().await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A primary's copy, written as is by a holder of the range.
@@ -437,6 +555,27 @@ impl NodeService {
                 Ok(Some(offset)) => Response::Miscompare { offset },
                 Err(e) => Response::Error(e.to_wire()),
             },
+            Request::PageCopy {
+                volume,
+                offset,
+                data,
+            } => {
+                let r = async {
+                    let v = self.local(volume)?;
+                    // Only the primary orders writes to its pages: a copy must
+                    // never land over them.
+                    let len = data.len() as u64;
+                    let table = self.state.table();
+                    let map = table
+                        .volume(VolumeId(volume))
+                        .ok_or(ClusterIoError::NoVolume(volume))?;
+                    if pages(map, offset, len).any(|(p, _, _)| map.primary(p) == Some(self.node)) {
+                        return Err(ClusterIoError::NotPrimary);
+                    }
+                    Ok(v.store.write_at(offset, data).await?)
+                };
+                done(r.await)
+            }
             // Short-cut responses are not served over the link yet (see
             // docs/architecture.md).
             Request::ShortCut { .. } => Response::Error(WireError::Unsupported),
