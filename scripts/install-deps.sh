@@ -2,6 +2,7 @@
 # Install the Debian packages the tests drive, when they are missing (root only):
 #   libiscsi-bin   iscsi-test-cu (libiscsi's conformance suite), iscsi-ls, iscsi-inq
 #   qemu-utils     qemu-img, plus QEMU's iSCSI block driver (setup-qemu-iscsi.sh)
+#   sg3-utils      sg_vpd (decodes VPD pages our initiator fetched, e.g. 0x8F)
 #   open-iscsi     iscsiadm (the kernel here may have no initiator; installed for the
 #                  README's commands and for tests that can use it)
 # A policy-rc.d keeps apt from starting any service (open-iscsi's iscsid would start).
@@ -25,6 +26,7 @@ fi
 missing=()
 command -v iscsi-test-cu >/dev/null && command -v iscsi-ls >/dev/null && command -v iscsi-inq >/dev/null \
   || missing+=(libiscsi-bin)
+command -v sg_vpd >/dev/null || missing+=(sg3-utils)
 command -v iscsiadm >/dev/null || [[ -x /usr/sbin/iscsiadm || -x /sbin/iscsiadm ]] || missing+=(open-iscsi)
 if (( ${#missing[@]} )); then
   echo "install-deps.sh: installing ${missing[*]}" >&2

@@ -580,9 +580,7 @@ pub fn chunks(step: &Step, same_volume: bool, block_size: u32) -> Vec<(u64, u64)
 pub fn operating_parameters() -> Vec<u8> {
     /// SNLID: LIST ID USAGE 11b (no list identifier) is supported.
     const SNLID: u8 = 0x01;
-    /// DATA SEGMENT GRANULARITY (log2 bytes): one 512-byte block.
-    const DATA_SEGMENT_GRANULARITY_LOG2: u8 = 9;
-    const IMPLEMENTED: [u8; 2] = [SEG_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION];
+    const IMPLEMENTED: [u8; 2] = IMPLEMENTED_DESCRIPTORS;
     let mut d = vec![0u8; 44];
     d[4] = SNLID;
     d[8..10].copy_from_slice(&MAX_CSCD_DESCRIPTORS.to_be_bytes());
@@ -598,6 +596,99 @@ pub fn operating_parameters() -> Vec<u8> {
     d.extend_from_slice(&IMPLEMENTED);
     let available = (d.len() - 4) as u32;
     d[0..4].copy_from_slice(&available.to_be_bytes());
+    d
+}
+
+/// Third-party copy descriptor types of the Third-party Copy VPD page (SPC-4
+/// §7.8.17).
+pub mod tpc_descriptor {
+    /// Supported Commands: the third-party copy commands and service actions.
+    pub const SUPPORTED_COMMANDS: u16 = 0x0001;
+    /// Parameter Data: the EXTENDED COPY(LID1) parameter list limits.
+    pub const PARAMETER_DATA: u16 = 0x0004;
+    /// Supported Descriptors: the CSCD and segment descriptor type codes.
+    pub const SUPPORTED_DESCRIPTORS: u16 = 0x0008;
+    /// Supported CSCD Descriptor IDs: the CSCD descriptor IDs above 07FFh.
+    pub const SUPPORTED_CSCD_DESCRIPTOR_IDS: u16 = 0x000c;
+    /// General Copy Operations: concurrency, segment length and granularities.
+    pub const GENERAL_COPY_OPERATIONS: u16 = 0x8001;
+}
+
+/// The descriptor type codes we implement: segment 02h (block to block), CSCD E4h
+/// (identification descriptor); reported by OPERATING PARAMETERS and VPD 0x8F.
+const IMPLEMENTED_DESCRIPTORS: [u8; 2] = [SEG_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION];
+/// DATA SEGMENT GRANULARITY (log2 bytes): one 512-byte block.
+const DATA_SEGMENT_GRANULARITY_LOG2: u8 = 9;
+
+/// Appends one third-party copy descriptor (SPC-4 §7.8.17: type, length, then
+/// `body`, padded with zeros to a multiple of four bytes).
+fn tpc_descriptor(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
+    let padded = body.len().div_ceil(4) * 4;
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&(padded as u16).to_be_bytes());
+    out.extend_from_slice(body);
+    out.resize(out.len() + padded - body.len(), 0);
+}
+
+/// The body of the Third-party Copy VPD page (SPC-4 §7.8.17, page 8Fh): what our
+/// EXTENDED COPY(LID1) copy manager does, in the descriptors SPC-4 requires of one
+/// that supports it (Supported Commands, Parameter Data, Supported Descriptors,
+/// Supported CSCD Descriptor IDs, General Copy Operations). The limits are the
+/// ones OPERATING PARAMETERS reports.
+pub fn third_party_copy_vpd() -> Vec<u8> {
+    let mut d = Vec::new();
+    // Supported Commands (SPC-4 §7.8.17): a list of command support descriptors
+    // (OPERATION CODE, SERVICE ACTION LIST LENGTH, SERVICE ACTIONs) after its length.
+    let commands: [(u8, &[u8]); 2] = [
+        (EXTENDED_COPY, &[SA_EXTENDED_COPY_LID1]),
+        (
+            RECEIVE_COPY_RESULTS,
+            &[
+                sa::COPY_STATUS,
+                sa::RECEIVE_DATA,
+                sa::OPERATING_PARAMETERS,
+                sa::FAILED_SEGMENT_DETAILS,
+            ],
+        ),
+    ];
+    let mut list = Vec::new();
+    for (opcode, actions) in commands {
+        list.push(opcode);
+        list.push(actions.len() as u8);
+        list.extend_from_slice(actions);
+    }
+    let mut body = vec![list.len() as u8];
+    body.extend_from_slice(&list);
+    tpc_descriptor(&mut d, tpc_descriptor::SUPPORTED_COMMANDS, &body);
+    // Parameter Data (SPC-4 §7.8.17): 4 reserved bytes, MAXIMUM CSCD DESCRIPTOR
+    // COUNT, MAXIMUM SEGMENT DESCRIPTOR COUNT, MAXIMUM DESCRIPTOR LIST LENGTH,
+    // MAXIMUM INLINE DATA LENGTH (0: no inline data), reserved to 28 bytes.
+    let mut body = vec![0u8; 28];
+    body[4..6].copy_from_slice(&MAX_CSCD_DESCRIPTORS.to_be_bytes());
+    body[6..8].copy_from_slice(&MAX_SEGMENT_DESCRIPTORS.to_be_bytes());
+    body[8..12].copy_from_slice(&MAX_DESCRIPTOR_LIST_LEN.to_be_bytes());
+    tpc_descriptor(&mut d, tpc_descriptor::PARAMETER_DATA, &body);
+    // Supported Descriptors (SPC-4 §7.8.17): list length, then the type codes.
+    let mut body = vec![IMPLEMENTED_DESCRIPTORS.len() as u8];
+    body.extend_from_slice(&IMPLEMENTED_DESCRIPTORS);
+    tpc_descriptor(&mut d, tpc_descriptor::SUPPORTED_DESCRIPTORS, &body);
+    // Supported CSCD Descriptor IDs (SPC-4 §7.8.17): none above 07FFh (we take
+    // CSCD descriptors by their index in the list only), so the list is empty.
+    tpc_descriptor(
+        &mut d,
+        tpc_descriptor::SUPPORTED_CSCD_DESCRIPTOR_IDS,
+        &[0, 0],
+    );
+    // General Copy Operations (SPC-4 §7.8.17): TOTAL CONCURRENT COPIES, MAXIMUM
+    // IDENTIFIED CONCURRENT COPIES, MAXIMUM SEGMENT LENGTH, DATA SEGMENT
+    // GRANULARITY and INLINE DATA GRANULARITY (log2), reserved to 32 bytes.
+    let mut body = vec![0u8; 32];
+    body[0..4].copy_from_slice(&u32::from(MAX_CONCURRENT_COPIES).to_be_bytes());
+    body[4..8].copy_from_slice(&u32::from(MAX_CONCURRENT_COPIES).to_be_bytes());
+    body[8..12].copy_from_slice(&(MAX_SEGMENT_BYTES as u32).to_be_bytes());
+    body[12] = DATA_SEGMENT_GRANULARITY_LOG2;
+    body[13] = DATA_SEGMENT_GRANULARITY_LOG2;
+    tpc_descriptor(&mut d, tpc_descriptor::GENERAL_COPY_OPERATIONS, &body);
     d
 }
 

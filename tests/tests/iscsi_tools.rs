@@ -101,9 +101,10 @@ fn iscsi_inq_standard_and_vpd_pages() {
             std_inq.stdout
         );
     }
-    // iscsi-inq takes page codes in decimal: 0x00, 0x80, 0x83.
+    // iscsi-inq takes page codes in decimal: 0x00, 0x80, 0x83. (It lists 0x8F but
+    // cannot decode it: see sg_vpd_decodes_the_third_party_copy_page.)
     let pages = run_ok(&inq, &["-e", "1", "-c", "0", &url]);
-    for want in ["Page:0x00", "Page:0x80", "Page:0x83"] {
+    for want in ["Page:0x00", "Page:0x80", "Page:0x83", "Page:0x8f"] {
         assert!(
             pages.stdout.contains(want),
             "VPD 0x00 does not list `{want}`:\n{}",
@@ -133,6 +134,58 @@ fn iscsi_inq_standard_and_vpd_pages() {
         bad.both()
     );
     server.assert_alive("after iscsi-inq");
+}
+
+/// The Third-party Copy VPD page (0x8F) as sg3_utils' `sg_vpd` decodes it. libiscsi's
+/// `iscsi-inq` lists the page in VPD 0x00 but cannot decode it ("failed to
+/// unmarshall inquiry datain blob", as for 0x86), so our initiator fetches the page
+/// and `sg_vpd --inhex --raw` reads the bytes.
+#[test]
+fn sg_vpd_decodes_the_third_party_copy_page() {
+    let test = "sg_vpd_decodes_the_third_party_copy_page";
+    let Some(sg_vpd) = tools::require(test, "sg_vpd", "sg3-utils") else {
+        return;
+    };
+    let mut server = Mosaic::start(&[Volume::memory("vol", "16M")]);
+    let mut s = mosaic_tests::login(&server, "vol", |o| o).expect("login");
+    let page = s
+        .command_good(
+            "INQUIRY VPD 0x8F",
+            &[0x12, 0x01, 0x8f, 0x04, 0x00, 0],
+            &[],
+            1024,
+        )
+        .expect("INQUIRY VPD 0x8F")
+        .data;
+    s.logout().expect("logout");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("vpd8f.bin");
+    std::fs::write(&file, &page).expect("write the page");
+    let inhex = format!("--inhex={}", file.display());
+    let out = run_ok(&sg_vpd, &[&inhex, "--raw", "--page=0x8f"]);
+    eprintln!("sg_vpd --page=0x8f:\n{}", out.stdout);
+    let text = out.stdout.to_ascii_lowercase();
+    for want in [
+        "third party copy",
+        "supported commands",
+        "extended copy(lid1)",
+        "receive copy operating parameters",
+        "parameter data",
+        "maximum cscd descriptor count: 8",
+        "maximum segment descriptor count: 64",
+        "maximum descriptor list length: 2048",
+        "supported descriptors",
+        "general copy operations",
+        "total concurrent copies: 4",
+        "maximum segment length: 33554432",
+    ] {
+        assert!(
+            text.contains(want),
+            "sg_vpd output lacks `{want}`:\n{}",
+            out.both()
+        );
+    }
+    server.assert_alive("after INQUIRY VPD 0x8F");
 }
 
 #[test]

@@ -116,6 +116,8 @@ pub mod vpd {
     pub const DEVICE_IDENTIFICATION: u8 = 0x83;
     /// Extended INQUIRY data (SPC-4 §7.8.7).
     pub const EXTENDED_INQUIRY: u8 = 0x86;
+    /// Third-party Copy (SPC-4 §7.8.17): the EXTENDED COPY copy manager.
+    pub const THIRD_PARTY_COPY: u8 = 0x8f;
     /// Block limits (SBC-3 §6.5.3).
     pub const BLOCK_LIMITS: u8 = 0xb0;
     /// Block device characteristics (SBC-3 §6.5.2).

@@ -1,5 +1,5 @@
 //! INQUIRY data (SPC-4 §6.6): the standard page and the vital product data pages
-//! 0x00, 0x80, 0x83, 0x86 (SPC-4 §7.8) and 0xB0, 0xB1, 0xB2 (SBC-3 §6.5).
+//! 0x00, 0x80, 0x83, 0x86, 0x8F (SPC-4 §7.8) and 0xB0, 0xB1, 0xB2 (SBC-3 §6.5).
 
 use mosaic_proto::scsi::opcode::vpd;
 use mosaic_proto::scsi::Sense;
@@ -31,11 +31,12 @@ const TPGS_IMPLICIT_3PC: u8 = 0x10 | 0x08;
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0960, 0x0460, 0x04c0];
 
 /// The VPD pages we implement, ascending, as listed in page 0x00.
-const SUPPORTED_VPD_PAGES: [u8; 7] = [
+const SUPPORTED_VPD_PAGES: [u8; 8] = [
     vpd::SUPPORTED_PAGES,
     vpd::UNIT_SERIAL_NUMBER,
     vpd::DEVICE_IDENTIFICATION,
     vpd::EXTENDED_INQUIRY,
+    vpd::THIRD_PARTY_COPY,
     vpd::BLOCK_LIMITS,
     vpd::BLOCK_DEVICE_CHARACTERISTICS,
     vpd::LOGICAL_BLOCK_PROVISIONING,
@@ -105,6 +106,8 @@ pub(super) fn vpd_page(lu: &LogicalUnit, page: u8) -> Result<Vec<u8>, Sense> {
         }
         vpd::DEVICE_IDENTIFICATION => device_identification(&lu.cfg),
         vpd::EXTENDED_INQUIRY => extended_inquiry(),
+        // The copy manager is the device layer's (3PC, `crate::xcopy`).
+        vpd::THIRD_PARTY_COPY => crate::xcopy::third_party_copy_vpd(),
         vpd::BLOCK_LIMITS => block_limits(lu),
         vpd::BLOCK_DEVICE_CHARACTERISTICS => {
             let mut b = vec![0u8; SBC3_VPD_PAGE_LEN];

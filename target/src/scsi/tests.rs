@@ -708,7 +708,7 @@ async fn inquiry_every_supported_vpd_page_is_readable() {
     assert_eq!(d[1], 0);
     let n = usize::from(u16::from_be_bytes([d[2], d[3]]));
     let pages = &d[4..4 + n];
-    assert_eq!(pages, &[0x00, 0x80, 0x83, 0x86, 0xb0, 0xb1, 0xb2]);
+    assert_eq!(pages, &[0x00, 0x80, 0x83, 0x86, 0x8f, 0xb0, 0xb1, 0xb2]);
     for &page in pages {
         let r = exec(&lu, &inquiry(true, page, 255)).await;
         assert_good(&r);
@@ -716,6 +716,60 @@ async fn inquiry_every_supported_vpd_page_is_readable() {
         let len = usize::from(u16::from_be_bytes([r.data_in[2], r.data_in[3]]));
         assert_eq!(r.data_in.len(), 4 + len, "page {page:#x} length");
     }
+}
+
+/// The Third-party Copy VPD page (SPC-4 §7.8.17) walked descriptor by descriptor,
+/// as an initiator (sg_vpd, VMware) reads it: the descriptors a LID1 copy manager
+/// must have, each a multiple of four bytes, with our EXTENDED COPY limits.
+#[tokio::test]
+async fn inquiry_vpd8f_describes_the_extended_copy_manager() {
+    let r = exec(&lu(), &inquiry(true, vpd::THIRD_PARTY_COPY, 1024)).await;
+    assert_good(&r);
+    let d = &r.data_in;
+    assert_eq!(d[1], 0x8f);
+    let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
+    assert_eq!(d.len(), 4 + len);
+    let mut descriptors = std::collections::BTreeMap::new();
+    let mut off = 4;
+    while off < d.len() {
+        let kind = u16::from_be_bytes([d[off], d[off + 1]]);
+        let n = usize::from(u16::from_be_bytes([d[off + 2], d[off + 3]]));
+        assert_eq!(n % 4, 0, "descriptor {kind:#06x} length {n}");
+        descriptors.insert(kind, d[off + 4..off + 4 + n].to_vec());
+        off += 4 + n;
+    }
+    assert_eq!(off, d.len(), "descriptors fill the page");
+    assert_eq!(
+        descriptors.keys().copied().collect::<Vec<_>>(),
+        vec![0x0001, 0x0004, 0x0008, 0x000c, 0x8001]
+    );
+    // Supported Commands: EXTENDED COPY(LID1); RECEIVE COPY RESULTS 00h 01h 03h 04h.
+    let c = &descriptors[&0x0001];
+    assert_eq!(
+        &c[..10],
+        &[9, 0x83, 1, 0x00, 0x84, 4, 0x00, 0x01, 0x03, 0x04]
+    );
+    // Parameter Data: 8 CSCD descriptors, 64 segment descriptors, the list length
+    // they fill (8 * 32 + 64 * 28), no inline data.
+    let p = &descriptors[&0x0004];
+    assert_eq!(p.len(), 28);
+    assert_eq!(u16::from_be_bytes([p[4], p[5]]), 8);
+    assert_eq!(u16::from_be_bytes([p[6], p[7]]), 64);
+    assert_eq!(
+        u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+        8 * 32 + 64 * 28
+    );
+    assert_eq!(&p[12..16], &[0, 0, 0, 0]);
+    // Supported Descriptors: segment 02h, CSCD E4h.
+    assert_eq!(&descriptors[&0x0008][..3], &[2, 0x02, 0xe4]);
+    // Supported CSCD Descriptor IDs: none above 07FFh.
+    assert_eq!(&descriptors[&0x000c][..2], &[0, 0]);
+    // General Copy Operations: 4 copies at once, 32 MiB segments, 512-byte granules.
+    let g = &descriptors[&0x8001];
+    assert_eq!(u32::from_be_bytes([g[0], g[1], g[2], g[3]]), 4);
+    assert_eq!(u32::from_be_bytes([g[4], g[5], g[6], g[7]]), 4);
+    assert_eq!(u32::from_be_bytes([g[8], g[9], g[10], g[11]]), 32 << 20);
+    assert_eq!(g[12], 9);
 }
 
 #[tokio::test]
