@@ -1,1 +1,16 @@
-//! Mosaic's Rust initiator and DSM (to come; see the issue "Initiator and DSM simulator").
+//! Mosaic's Rust iSCSI initiator, its multipath disk (DSM) with path selectors, a
+//! workload generator and benchmark, and a discrete-event simulator of path
+//! selection on large clusters.
+//!
+//! - [`login`], [`conn`], [`session`], [`discovery`]: the async initiator (tokio),
+//!   built on `mosaic_proto`; nothing is shared with the target's state machines.
+//! - [`scsi`]: the CDBs we send and the pages we parse.
+
+pub mod conn;
+pub mod discovery;
+pub mod error;
+pub mod login;
+pub mod scsi;
+pub mod session;
+
+pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! `mosaic-dsm`: benchmark and simulator front end.
+
+fn main() {}

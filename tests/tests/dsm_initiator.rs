@@ -1,0 +1,290 @@
+//! The async initiator of `mosaic-dsm` against the real `mosaic` binary: login with
+//! and without digests, CHAP one-way and mutual (and a wrong secret refused),
+//! discovery, pipelined reads and writes over the CmdSN window with immediate,
+//! unsolicited and R2T-solicited data, unit attentions reported to the caller, a
+//! dropped connection replaced by a reinstated session, and logout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mosaic_dsm::conn::ConnTimers;
+use mosaic_dsm::discovery;
+use mosaic_dsm::login::{ChapConfig, LoginConfig};
+use mosaic_dsm::scsi::Command;
+use mosaic_dsm::session::{Session, SessionConfig};
+use mosaic_dsm::Error;
+use mosaic_tests::server::{Mosaic, Volume};
+
+const BLOCK: u32 = 512;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn external() -> bool {
+    std::env::var_os("MOSAIC_TEST_TARGET").is_some()
+}
+
+fn config(server: &Mosaic, volume: &str, tweak: impl FnOnce(&mut LoginConfig)) -> SessionConfig {
+    let mut login = LoginConfig::normal(&server.iqn(volume));
+    login.timeout = Duration::from_secs(20);
+    tweak(&mut login);
+    let mut cfg = SessionConfig::new(login);
+    cfg.lun = server.lun();
+    cfg.timers = ConnTimers {
+        command_timeout: Duration::from_secs(30),
+        nop_interval: Duration::from_secs(2),
+        nop_timeout: Duration::from_secs(10),
+    };
+    cfg
+}
+
+/// A block that names its LBA and a round, so a misplaced or stale block shows.
+fn stamp(lba: u64, round: u64, blocks: u32) -> Bytes {
+    let mut v = Vec::with_capacity((blocks * BLOCK) as usize);
+    for i in 0..u64::from(blocks) {
+        for w in 0..(BLOCK / 8) as u64 {
+            let x = (lba + i).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (round << 32) ^ w;
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    Bytes::from(v)
+}
+
+/// Writes then reads back `n` extents of `blocks` blocks, all in flight together.
+async fn pipelined_roundtrip(s: &Arc<Session>, n: u64, blocks: u32, round: u64) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let lba = i * u64::from(blocks);
+            s.write(lba, stamp(lba, round, blocks), BLOCK).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("write");
+    }
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let lba = i * u64::from(blocks);
+            let got = s.read(lba, blocks, BLOCK).await?;
+            Ok::<_, Error>((lba, got))
+        }));
+    }
+    for t in tasks {
+        let (lba, got) = t.await.expect("task").expect("read");
+        assert!(
+            got == stamp(lba, round, blocks),
+            "extent at LBA {lba} differs (round {round})"
+        );
+    }
+}
+
+#[test]
+fn login_io_digests_window_reconnect_and_logout() {
+    let server = Mosaic::start(&[Volume::memory("dsm", "64M")]);
+    let rt = runtime();
+    rt.block_on(async {
+        // Plain login; the first command may report the new nexus's unit
+        // attention, which the caller sees as such.
+        let s = Arc::new(
+            Session::login(server.addr(), config(&server, "dsm", |_| {}))
+                .await
+                .expect("login"),
+        );
+        let o = s.execute(&Command::test_unit_ready()).await.expect("TUR");
+        if o.status != 0 {
+            let ua = o
+                .unit_attention()
+                .expect("a non-GOOD first TUR is a unit attention");
+            eprintln!("first command reported {ua}");
+            let o = s.execute(&Command::test_unit_ready()).await.expect("TUR");
+            assert_eq!(o.status, 0, "the unit attention was reported once");
+        }
+        let (blocks, bs) = s.capacity().await.expect("capacity");
+        assert_eq!((blocks, bs), (64 << 20 >> 9, BLOCK));
+        // 64 commands of 64 KiB in flight: more than the CmdSN window, so
+        // commands wait for it; 64 KiB is past FirstBurstLength with
+        // ImmediateData and InitialR2T=No (unsolicited Data-Out, then R2T).
+        pipelined_roundtrip(&s, 64, 128, 1).await;
+        // Bigger than MaxBurstLength: several R2Ts per command.
+        pipelined_roundtrip(&s, 4, 2048, 2).await;
+        s.ping().await.expect("ping");
+        // A dead connection: the next command logs in again with the same ISID
+        // and the session is reinstated; nothing written is lost.
+        let tsih = s.tsih();
+        s.drop_connection().await;
+        let got = s.read(0, 128, BLOCK).await.expect("read after reconnect");
+        assert!(got == stamp(0, 2, 128), "round 2 wrote LBA 0 last");
+        assert_eq!(s.reconnects(), 1);
+        eprintln!("TSIH {tsih:#x} -> {:#x} after reinstatement", s.tsih());
+        // Commands in flight when the connection dies are replayed.
+        let s2 = s.clone();
+        let dropper = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            s2.drop_connection().await;
+        });
+        pipelined_roundtrip(&s, 32, 128, 3).await;
+        dropper.await.expect("dropper");
+        assert!(s.reconnects() >= 1);
+        s.logout().await.expect("logout");
+        assert!(matches!(
+            s.execute(&Command::test_unit_ready()).await,
+            Err(Error::SessionClosed)
+        ));
+
+        // Header and data digests, R2T only (no immediate data, InitialR2T=Yes).
+        let s = Arc::new(
+            Session::login(
+                server.addr(),
+                config(&server, "dsm", |l| {
+                    l.header_digest = true;
+                    l.data_digest = true;
+                    l.immediate_data = false;
+                    l.initial_r2t = true;
+                    l.max_recv_data_segment_length = 8192;
+                }),
+            )
+            .await
+            .expect("login with digests"),
+        );
+        let p = s.params();
+        assert!(
+            p.header_digest && p.data_digest,
+            "digests negotiated: {p:?}"
+        );
+        assert!(!p.immediate_data && p.initial_r2t);
+        let _ = s.execute(&Command::test_unit_ready()).await.expect("TUR");
+        pipelined_roundtrip(&s, 16, 256, 4).await;
+        s.logout().await.expect("logout");
+    });
+}
+
+#[test]
+fn discovery_lists_the_targets() {
+    if external() {
+        return;
+    }
+    let server = Mosaic::start(&[Volume::memory("d1", "8M"), Volume::memory("d2", "8M")]);
+    let rt = runtime();
+    rt.block_on(async {
+        let targets = discovery::send_targets(
+            server.addr(),
+            &LoginConfig::discovery(),
+            ConnTimers::default(),
+        )
+        .await
+        .expect("SendTargets");
+        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        for v in ["d1", "d2"] {
+            let iqn = server.iqn(v);
+            let t = targets
+                .iter()
+                .find(|t| t.name == iqn)
+                .unwrap_or_else(|| panic!("{iqn} missing from {names:?}"));
+            assert!(t.portals.iter().any(|p| p.addr == server.addr()));
+        }
+    });
+}
+
+const CHAP_CONFIG: &str = r#"
+[[volumes]]
+name = "oneway"
+size = "8M"
+backing = "memory"
+chap = { user = "alice", secret = "alice-secret-12" }
+
+[[volumes]]
+name = "mutual"
+size = "8M"
+backing = "memory"
+chap = { user = "bob", secret = "bob-secret-1234", mutual_user = "tgt", mutual_secret = "target-secret-1" }
+"#;
+
+#[test]
+fn chap_one_way_and_mutual() {
+    if external() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chap.toml");
+    std::fs::write(&path, CHAP_CONFIG).expect("write config");
+    let server = Mosaic::start_with(&[], &["--config", path.to_str().expect("utf-8")]);
+    let rt = runtime();
+    rt.block_on(async {
+        let chap = |user: &str, secret: &str, mutual: Option<(&str, &str)>| {
+            Some(ChapConfig {
+                user: user.into(),
+                secret: secret.into(),
+                mutual: mutual.map(|(u, s)| (u.into(), s.into())),
+            })
+        };
+        // One-way CHAP.
+        let s = Session::login(
+            server.addr(),
+            config(&server, "oneway", |l| {
+                l.chap = chap("alice", "alice-secret-12", None)
+            }),
+        )
+        .await
+        .expect("one-way CHAP login");
+        assert_eq!(s.params().auth_method, "CHAP");
+        s.execute_past_ua(&Command::test_unit_ready(), 2)
+            .await
+            .expect("TUR");
+        s.logout().await.expect("logout");
+        // A wrong secret: authentication failure (02/01).
+        let e = Session::login(
+            server.addr(),
+            config(&server, "oneway", |l| {
+                l.chap = chap("alice", "wrong-secret-00", None)
+            }),
+        )
+        .await
+        .expect_err("wrong secret");
+        assert!(
+            matches!(
+                e,
+                Error::LoginFailed {
+                    class: 2,
+                    detail: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // No CHAP at all where it is required.
+        let e = Session::login(server.addr(), config(&server, "oneway", |_| {}))
+            .await
+            .expect_err("no CHAP");
+        assert!(matches!(e, Error::LoginFailed { class: 2, .. }), "{e}");
+        // Mutual CHAP: the target proves itself.
+        let s = Session::login(
+            server.addr(),
+            config(&server, "mutual", |l| {
+                l.chap = chap("bob", "bob-secret-1234", Some(("tgt", "target-secret-1")))
+            }),
+        )
+        .await
+        .expect("mutual CHAP login");
+        s.write(0, stamp(0, 9, 8), BLOCK).await.ok();
+        s.logout().await.expect("logout");
+        // Mutual CHAP with the wrong target secret on our side: we refuse the target.
+        let e = Session::login(
+            server.addr(),
+            config(&server, "mutual", |l| {
+                l.chap = chap("bob", "bob-secret-1234", Some(("tgt", "not-the-secret")))
+            }),
+        )
+        .await
+        .expect_err("the target's proof must not match");
+        assert!(matches!(e, Error::Auth(_)), "{e}");
+    });
+}
