@@ -10,7 +10,9 @@ pub mod conn;
 pub mod discovery;
 pub mod error;
 pub mod login;
+pub mod mpio;
 pub mod scsi;
+pub mod selector;
 pub mod session;
 
 pub use error::{Error, Result};

@@ -1,0 +1,175 @@
+//! The multipath disk of `mosaic-dsm` on the lab cluster (`mosaic lab`, three
+//! nodes, two NICs each): discovery at the group portal finds all six paths, VPD
+//! 0x83 groups them as one logical unit, routing-aware sends every byte to its
+//! owner's paths (round-robin does not), a volume resize raises the unit attention
+//! 2Ah/06h on every nexus and the disk fetches the table again and goes on, and
+//! every block reads back as written throughout.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mosaic_dsm::conn::ConnTimers;
+use mosaic_dsm::login::LoginConfig;
+use mosaic_dsm::mpio::{MpioConfig, MpioDisk};
+use mosaic_dsm::selector::{Policy, SelectorKind};
+use mosaic_dsm::session::SessionConfig;
+use mosaic_tests::server::{mosaic_bin, Mosaic};
+
+const NODES: u32 = 3;
+const NICS: u8 = 2;
+const PAGE: u64 = 1 << 20;
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+fn start_lab() -> (Mosaic, SocketAddr, SocketAddr) {
+    let port = mosaic_tests::server::lab_port(NODES, NICS);
+    let group = free_addr();
+    let admin = free_addr();
+    let args: Vec<String> = [
+        "lab",
+        "--port",
+        &port.to_string(),
+        "--group-portal",
+        &group.to_string(),
+        "--admin",
+        &admin.to_string(),
+        "--page-size",
+        "1M",
+        "--volume",
+        "name=lv,size=64M,backing=memory",
+        "--log",
+        "info",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let lab =
+        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
+    (lab, group, admin)
+}
+
+fn block(lba: u64, generation: u64, blocks: u32, bs: u32) -> Bytes {
+    let mut v = Vec::with_capacity((blocks * bs) as usize);
+    for i in 0..u64::from(blocks) {
+        for w in 0..u64::from(bs / 8) {
+            let x = ((lba + i) << 20) ^ (generation << 8) ^ w;
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    Bytes::from(v)
+}
+
+/// Extents of 192 KiB at page-straddling offsets, each written then read back.
+async fn write_read_all(disk: &MpioDisk, generation: u64) {
+    let bs = disk.block_size();
+    let blocks = (192 * 1024) / bs;
+    let page_blocks = PAGE / u64::from(bs);
+    for i in 0..24u64 {
+        // 64 KiB before a page boundary: every extent crosses one.
+        let lba = (i + 1) * page_blocks - u64::from(65_536 / bs);
+        disk.write(lba, block(lba, generation, blocks, bs))
+            .await
+            .unwrap_or_else(|e| panic!("write at {lba}: {e}"));
+        let got = disk
+            .read(lba, blocks)
+            .await
+            .unwrap_or_else(|e| panic!("read at {lba}: {e}"));
+        assert!(
+            got == block(lba, generation, blocks, bs),
+            "extent at LBA {lba} (generation {generation}) reads back different"
+        );
+    }
+}
+
+#[test]
+fn multipath_routing_aware_on_the_lab_cluster() {
+    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+        return;
+    }
+    let (lab, group, admin) = start_lab();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut session = SessionConfig::new(LoginConfig::normal("unused"));
+        session.timers = ConnTimers {
+            command_timeout: Duration::from_secs(30),
+            nop_interval: Duration::from_secs(5),
+            nop_timeout: Duration::from_secs(10),
+        };
+        let cfg = MpioConfig {
+            portal: group,
+            target: "lv".into(),
+            session,
+            group: "dsm-test:lv".into(),
+            policy: Policy::RoutingAware {
+                fallback: SelectorKind::QueueLength,
+            },
+            repeat_count: 1,
+            max_paths: 0,
+        };
+        let disk = MpioDisk::open(&cfg).await.expect("open the multipath disk");
+        assert_eq!(disk.paths().len(), (NODES * u32::from(NICS)) as usize);
+        let mut nodes: Vec<u32> = (0..disk.paths().len())
+            .filter_map(|p| disk.path_node(p))
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        assert_eq!(nodes, vec![1, 2, 3], "every node has paths");
+        let table = disk.table().expect("the lab serves a routing table");
+        assert_eq!(table.nodes.len(), NODES as usize);
+        let epoch = table.epoch;
+
+        write_read_all(&disk, 1).await;
+        let st = disk.stats();
+        assert_eq!(
+            st.owner_share(),
+            Some(1.0),
+            "routing-aware: every byte to its owner ({st:?})"
+        );
+        assert!(st.pieces > 48, "extents were split at page boundaries");
+
+        // Round-robin, one I/O at a time: most bytes land on other nodes.
+        disk.set_policy(Policy::Classic(SelectorKind::RoundRobin));
+        write_read_all(&disk, 2).await;
+        let rr = disk.stats().owner_share().expect("bytes moved");
+        assert!(rr < 0.9, "round-robin owner share {rr}");
+
+        // Grow the volume: every nexus gets 2Ah/06h, the table is fetched again.
+        disk.set_policy(Policy::RoutingAware {
+            fallback: SelectorKind::RoundRobin,
+        });
+        let fetches = disk.stats().table_fetches;
+        let out = mosaic_tests::tools::run(
+            Command::new(mosaic_bin()).args([
+                "volume",
+                "resize",
+                "--admin",
+                &admin.to_string(),
+                "--size",
+                "96M",
+                "lv",
+            ]),
+            Duration::from_secs(60),
+        );
+        assert!(out.success(), "resize failed:\n{}", out.both());
+        write_read_all(&disk, 3).await;
+        let st = disk.stats();
+        assert!(st.routing_attentions >= 1, "2Ah/06h seen: {st:?}");
+        assert!(st.table_fetches > fetches, "table fetched again: {st:?}");
+        let t = disk.table().expect("table");
+        assert!(t.epoch > epoch, "newer epoch {:?} > {:?}", t.epoch, epoch);
+        assert_eq!(t.blocks * u64::from(t.block_size), 96 << 20);
+        assert_eq!(st.owner_share(), Some(1.0), "{st:?}");
+        disk.close().await;
+    });
+    drop(lab);
+}
