@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 use crate::login::{connect_and_login, LoginConfig};
 use crate::scsi::{self, Command, DeviceId, Outcome};
 
+/// Unit attentions a convenience call skips before giving up.
+const UA_RETRIES: usize = 4;
+
 /// How a session behaves after login.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -102,6 +105,11 @@ impl Session {
     /// How many times the session logged in again.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Why the current connection is dead, if it is (the next command reconnects).
+    pub fn connection_dead(&self) -> Option<String> {
+        self.conn.read().dead()
     }
 
     /// Asynchronous messages received on the current connection (taken).
@@ -208,10 +216,12 @@ impl Session {
         scsi::parse_device_id(&o.data)
     }
 
-    /// READ (16); CHECK CONDITION comes back as [`Error::Check`].
+    /// READ (16). Unit attentions (a new nexus after a reconnect reports "power on
+    /// or reset") are retried, as SCSI midlayers do; [`Session::execute`] shows
+    /// them. Any other CHECK CONDITION comes back as [`Error::Check`].
     pub async fn read(&self, lba: u64, blocks: u32, block_size: u32) -> Result<Bytes> {
         let o = self
-            .execute_good(&Command::read_16(lba, blocks, block_size))
+            .execute_past_ua(&Command::read_16(lba, blocks, block_size), UA_RETRIES)
             .await?;
         let want = blocks as usize * block_size as usize;
         if o.data.len() != want {
@@ -223,7 +233,7 @@ impl Session {
         Ok(o.data)
     }
 
-    /// WRITE (16) of whole blocks.
+    /// WRITE (16) of whole blocks (unit attentions retried as for [`Session::read`]).
     pub async fn write(&self, lba: u64, data: Bytes, block_size: u32) -> Result<()> {
         if data.is_empty() || !data.len().is_multiple_of(block_size.max(1) as usize) {
             return Err(Error::Invalid(format!(
@@ -231,7 +241,7 @@ impl Session {
                 data.len()
             )));
         }
-        self.execute_good(&Command::write_16(lba, data, block_size))
+        self.execute_past_ua(&Command::write_16(lba, data, block_size), UA_RETRIES)
             .await?;
         Ok(())
     }
