@@ -30,11 +30,12 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::device::{Device, Nexus, ResetKind};
+use crate::cluster::link::ConnState;
+use crate::device::{Device, Nexus, ResetKind, ShortCut};
 use crate::login::{LoginStep, TargetLogin};
 use crate::scsi::{ScsiRequest, ScsiResult};
 use crate::server::Target;
@@ -73,8 +74,35 @@ enum Out {
         limits: FrameLimits,
         window: Arc<CmdWindow>,
     },
+    /// A response whose StatSN is reserved now, in wire order, and whose bytes come
+    /// later (a short-cut read: the page's owner builds them with these numbers).
+    /// The writer sends what it has, answers `numbers`, and sends nothing else
+    /// until `body` arrives: StatSN stays in order on the wire.
+    Reserved {
+        numbers: oneshot::Sender<SeqNumbers>,
+        body: oneshot::Receiver<ReservedBody>,
+        frees_slot: bool,
+    },
     /// Flush what is queued, then close the socket.
     Close,
+}
+
+/// The numbers a reserved response carries.
+#[derive(Debug, Clone, Copy)]
+struct SeqNumbers {
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+    max_cmd_sn: u32,
+}
+
+/// What fills a reserved response.
+#[derive(Debug)]
+enum ReservedBody {
+    /// PDUs built elsewhere with the reserved numbers, written unchanged.
+    Encoded(Bytes),
+    /// PDUs to stamp with the reserved numbers and encode here (the short-cut
+    /// failed and the command ran by the normal path).
+    Pdus(Vec<Pdu>),
 }
 
 /// Why the reader stopped.
@@ -1204,19 +1232,29 @@ impl Session {
         let guard = SlotGuard {
             window: (!c.immediate).then_some(window),
         };
+        let digests = (self.params.header_digest, self.params.data_digest);
         let handle = tokio::spawn(async move {
             let mut guard = guard;
-            let result = lu
-                .execute(
-                    &nexus,
-                    ScsiRequest {
-                        cdb,
-                        lun: decode_lun(c.lun),
-                        data_out,
-                        expected_len: c.expected_data_transfer_length,
-                    },
-                )
-                .await;
+            let req = ScsiRequest {
+                cdb,
+                lun: decode_lun(c.lun),
+                data_out,
+                expected_len: c.expected_data_transfer_length,
+            };
+            let result = match lu.shortcut(&nexus, &req) {
+                ShortCut::Normal => lu.execute(&nexus, req).await,
+                ShortCut::Answer(answer) => answer,
+                ShortCut::Owner(read) => {
+                    let link = ShortCutLink {
+                        max_seg,
+                        burst,
+                        digests,
+                    };
+                    shortcut_read(&tx, &running, &mut guard, &lu, &nexus, &c, req, read, link)
+                        .await;
+                    return;
+                }
+            };
             if running.lock().remove(&c.itt).is_none() {
                 // Aborted while executing: no response (RFC 7143 §4.2.3.2).
                 return;
@@ -1239,6 +1277,83 @@ impl Session {
         });
         map.insert(c.itt, handle.abort_handle());
     }
+}
+
+/// The connection settings a short-cut owner needs besides the task's numbers.
+#[derive(Debug, Clone, Copy)]
+struct ShortCutLink {
+    max_seg: u32,
+    burst: u32,
+    /// Header and data digests in force.
+    digests: (bool, bool),
+}
+
+/// Runs a short-cut read: reserves the response's StatSN in the writer's order,
+/// has the page's owner build the final PDUs with it, and hands them to the writer
+/// unchanged. When the owner cannot (another epoch, another owner, a link error),
+/// the command runs by the normal path and its PDUs take the reserved numbers.
+#[allow(clippy::too_many_arguments)]
+async fn shortcut_read(
+    tx: &mpsc::Sender<Out>,
+    running: &Mutex<HashMap<u32, tokio::task::AbortHandle>>,
+    guard: &mut SlotGuard,
+    lu: &Device,
+    nexus: &Nexus,
+    c: &ScsiCommand,
+    req: ScsiRequest,
+    read: crate::device::ShortCutRead,
+    link: ShortCutLink,
+) {
+    let (numbers_tx, numbers_rx) = oneshot::channel();
+    let (body_tx, body_rx) = oneshot::channel();
+    let frees_slot = guard.window.is_some();
+    if tx
+        .send(Out::Reserved {
+            numbers: numbers_tx,
+            body: body_rx,
+            frees_slot,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let Ok(numbers) = numbers_rx.await else {
+        return;
+    };
+    let state = ConnState {
+        itt: c.itt,
+        lun: c.lun,
+        stat_sn: numbers.stat_sn,
+        exp_cmd_sn: numbers.exp_cmd_sn,
+        max_cmd_sn: numbers.max_cmd_sn,
+        data_sn: 0,
+        max_recv_data_segment_length: link.max_seg,
+        max_burst_length: link.burst,
+        header_digest: link.digests.0,
+        data_digest: link.digests.1,
+        expected_data_transfer_length: c.expected_data_transfer_length,
+    };
+    let body = match read
+        .store
+        .shortcut_read(read.owner, read.offset, read.len, state)
+        .await
+    {
+        Ok(encoded) => ReservedBody::Encoded(encoded),
+        Err(e) => {
+            debug!("short-cut read at node {}: {e}; served here", read.owner.0);
+            let result = lu.execute(nexus, req).await;
+            ReservedBody::Pdus(response_pdus(c, result, link.max_seg, link.burst, 0))
+        }
+    };
+    if running.lock().remove(&c.itt).is_none() {
+        // Aborted meanwhile: no response (RFC 7143 §4.2.3.2); dropping `body_tx`
+        // gives the reserved StatSN back.
+        return;
+    }
+    // The writer frees the slot when it sends the response.
+    guard.disarm();
+    let _ = body_tx.send(body);
 }
 
 /// The answer to QUERY TASK and QUERY TASK SET (RFC 7144 §4.2, SAM-5): FUNCTION
@@ -1358,6 +1473,58 @@ fn response_pdus(c: &ScsiCommand, r: ScsiResult, max_seg: u32, burst: u32, r2ts:
     pdus
 }
 
+/// The final PDUs of a short-cut read (the cluster's short-cut mode), built by the
+/// page's owner from the receiving connection's state and the data read, encoded
+/// with that connection's digests: the receiving node writes them out unchanged.
+pub(crate) fn shortcut_response(state: &ConnState, data: Bytes) -> Bytes {
+    let c = ScsiCommand {
+        final_bit: true,
+        read: true,
+        lun: state.lun,
+        itt: state.itt,
+        expected_data_transfer_length: state.expected_data_transfer_length,
+        ..Default::default()
+    };
+    let len = data.len() as u32;
+    let result = ScsiResult {
+        status: mosaic_proto::scsi::status::GOOD,
+        sense: Bytes::new(),
+        data_in: data,
+        transfer_len: len,
+    };
+    let limits = FrameLimits {
+        header_digest: state.header_digest,
+        data_digest: state.data_digest,
+        max_recv_data_segment_length: state.max_recv_data_segment_length,
+    };
+    let pdus = response_pdus(
+        &c,
+        result,
+        state.max_recv_data_segment_length,
+        state.max_burst_length,
+        0,
+    );
+    let mut out = BytesMut::with_capacity(len as usize + pdus.len() * 64);
+    let mut stat_sn = state.stat_sn;
+    for mut pdu in pdus {
+        if let Bhs::DataIn(d) = &mut pdu.bhs {
+            d.data_sn = d.data_sn.wrapping_add(state.data_sn);
+        }
+        stamp_with(
+            &mut pdu.bhs,
+            &mut stat_sn,
+            state.exp_cmd_sn,
+            state.max_cmd_sn,
+            true,
+        );
+        let enc = frame::encode(&pdu, &limits);
+        out.extend_from_slice(&enc.head);
+        out.extend_from_slice(&enc.data);
+        out.extend_from_slice(&enc.tail);
+    }
+    out.freeze()
+}
+
 /// The CDB of a command: 16 bytes from the BHS plus any extended-CDB AHS.
 fn build_cdb(c: &ScsiCommand, ahs: &Bytes) -> Result<Bytes, String> {
     if ahs.is_empty() {
@@ -1428,6 +1595,12 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// carry status take the next StatSN; others show the current one unchanged.
 fn stamp(bhs: &mut Bhs, stat_sn: &mut u32, window: Option<&CmdWindow>) {
     let (exp, max) = window.map(|w| w.current()).unwrap_or((0, 0));
+    stamp_with(bhs, stat_sn, exp, max, window.is_some());
+}
+
+/// [`stamp`] with given ExpCmdSN and MaxCmdSN; `running`: the command window is
+/// running (full-feature phase), so a Login Response keeps its own numbers otherwise.
+fn stamp_with(bhs: &mut Bhs, stat_sn: &mut u32, exp: u32, max: u32, running: bool) {
     let mut take = |advance: bool| {
         let v = *stat_sn;
         if advance {
@@ -1465,7 +1638,7 @@ fn stamp(bhs: &mut Bhs, stat_sn: &mut u32, window: Option<&CmdWindow>) {
             // During login the window is not running yet: the login code set
             // ExpCmdSN/MaxCmdSN from the request.
             p.stat_sn = take(true);
-            if window.is_some() {
+            if running {
                 p.exp_cmd_sn = exp;
                 p.max_cmd_sn = max;
             }
@@ -1507,6 +1680,53 @@ async fn writer_task(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>) {
                     count += 1;
                 }
                 Out::InitStatSn(n) => stat_sn = n,
+                Out::Reserved {
+                    numbers,
+                    body,
+                    frees_slot,
+                } => {
+                    // What is queued goes first; then this response's turn.
+                    if write_parts(&mut wr, &mut parts).await.is_err() {
+                        break 'outer;
+                    }
+                    let (exp_cmd_sn, max_cmd_sn) =
+                        window.as_deref().map(|w| w.current()).unwrap_or((0, 0));
+                    let reserved = SeqNumbers {
+                        stat_sn,
+                        exp_cmd_sn,
+                        max_cmd_sn,
+                    };
+                    if numbers.send(reserved).is_err() {
+                        // The task is gone (aborted): nothing reserved, nothing sent.
+                        continue;
+                    }
+                    // Aborted before its response was built (`Err`): the StatSN was
+                    // never used, and nothing else was stamped meanwhile.
+                    if let Ok(body) = body.await {
+                        stat_sn = stat_sn.wrapping_add(1);
+                        if frees_slot {
+                            if let Some(w) = &window {
+                                w.complete();
+                            }
+                        }
+                        match body {
+                            ReservedBody::Encoded(b) => parts.push(b),
+                            ReservedBody::Pdus(pdus) => {
+                                let mut sn = reserved.stat_sn;
+                                for mut pdu in pdus {
+                                    stamp_with(&mut pdu.bhs, &mut sn, exp_cmd_sn, max_cmd_sn, true);
+                                    let enc = frame::encode(&pdu, &limits);
+                                    parts.extend(
+                                        [enc.head, enc.data, enc.tail]
+                                            .into_iter()
+                                            .filter(|b| !b.is_empty()),
+                                    );
+                                }
+                            }
+                        }
+                        count += 1;
+                    }
+                }
                 Out::FullFeature {
                     limits: l,
                     window: w,

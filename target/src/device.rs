@@ -131,6 +131,28 @@ pub enum ResetKind {
 /// many times over.
 pub const MAX_IDLE_UA_NEXUSES: usize = 256;
 
+/// What [`Device::shortcut`] decided for one command.
+#[derive(Debug)]
+pub enum ShortCut {
+    /// Execute it here as usual.
+    Normal,
+    /// The gate answered it (unit attention or reservation conflict).
+    Answer(ScsiResult),
+    /// Hand it to the page's owner.
+    Owner(ShortCutRead),
+}
+
+/// A plain READ of one page whose primary is another node.
+#[derive(Debug)]
+pub struct ShortCutRead {
+    pub store: Arc<crate::cluster::store::ClusterStore>,
+    /// The page's primary.
+    pub owner: mosaic_routing::NodeId,
+    /// Byte offset and length in the volume.
+    pub offset: u64,
+    pub len: u32,
+}
+
 /// A logical unit shared by every session, with its nexus-dependent state.
 #[derive(Debug)]
 pub struct Device {
@@ -452,6 +474,37 @@ impl Device {
                 result
             }
         }
+    }
+
+    /// Whether a command may take the short-cut (its page's owner builds the final
+    /// PDUs): [`ShortCut::Owner`] for a plain READ of one remote page of a
+    /// clustered volume in short-cut mode whose nexus has no unit attention to hear
+    /// and no reservation in its way; [`ShortCut::Answer`] when the gate already
+    /// answers it (unit attention, reservation conflict); otherwise
+    /// [`ShortCut::Normal`].
+    pub fn shortcut(&self, nexus: &Nexus, req: &ScsiRequest) -> ShortCut {
+        if req.lun != LUN0 || req.cdb.is_empty() {
+            return ShortCut::Normal;
+        }
+        let Some((store, offset, len)) = self.lu.plain_read(&req.cdb) else {
+            return ShortCut::Normal;
+        };
+        if len != u64::from(req.expected_len) {
+            // Residuals are the normal path's business.
+            return ShortCut::Normal;
+        }
+        let Some(owner) = store.shortcut_owner(offset, len) else {
+            return ShortCut::Normal;
+        };
+        if let Some(answer) = self.state.lock().gate(nexus, req) {
+            return ShortCut::Answer(answer);
+        }
+        ShortCut::Owner(ShortCutRead {
+            store,
+            owner,
+            offset,
+            len: len as u32,
+        })
     }
 
     /// A reset requested on `from` took effect (see the module docs).

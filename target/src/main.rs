@@ -53,6 +53,13 @@ enum Command {
     Routing(RoutingCommand),
     /// Show a running lab: nodes, portals and their connections, sessions, I/O.
     Status(AdminArgs),
+    /// Show or switch a running lab's I/O mode (forward or short-cut).
+    IoMode {
+        /// `forward` or `short-cut`; without it, the current mode is shown.
+        mode: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// Where a running lab's admin endpoint is.
@@ -175,6 +182,9 @@ fn run_client(command: &Option<Command>) -> Option<Result<()>> {
             Box::new(move |c| c.move_pages(name, pages, *to)),
         ),
         Some(Command::Status(admin)) => (&admin.admin, Box::new(|c| c.status())),
+        Some(Command::IoMode { mode, admin }) => {
+            (&admin.admin, Box::new(move |c| c.io_mode(mode.as_deref())))
+        }
         _ => return None,
     };
     Some(match call(&AdminClient::new(addr)) {
@@ -210,6 +220,11 @@ struct LabArgs {
     /// TCP port of the node portals; each node's inter-node link uses the next.
     #[arg(long, default_value_t = 3260)]
     port: u16,
+    /// How a node answers a read of a page another node owns: `forward` (it
+    /// gathers the data and builds the response) or `short-cut` (the owner builds
+    /// the final PDUs). Switchable at run time with `mosaic io-mode`.
+    #[arg(long, default_value = "forward", value_name = "MODE")]
+    io_mode: mosaic_target::cluster::store::IoMode,
     /// The admin endpoint (HTTP: volume management, status, Prometheus metrics).
     /// Without the flag, 127.0.0.1:3280 if it is free (another lab may have it);
     /// with it, the lab does not start unless it can bind this address.
@@ -310,7 +325,9 @@ fn main() -> Result<()> {
     let (args, lab) = match cli.command {
         Some(Command::Serve(a)) => (a, None),
         Some(Command::Lab(l)) => (l.serve.clone(), Some(l)),
-        Some(Command::Volume(_) | Command::Routing(_) | Command::Status(_)) => {
+        Some(
+            Command::Volume(_) | Command::Routing(_) | Command::Status(_) | Command::IoMode { .. },
+        ) => {
             unreachable!("client commands are run above")
         }
         None => (cli.lab.serve.clone(), Some(cli.lab)),
@@ -339,6 +356,7 @@ fn main() -> Result<()> {
             page_size,
             replicas: lab.replicas,
             port: lab.port,
+            io_mode: lab.io_mode,
         };
         let admin_addr = lab.admin;
         return runtime.block_on(async move {

@@ -13,13 +13,12 @@
 //!   exit and a message that says so.
 //! - `/metrics` over a plain TcpStream: Prometheus text with the mosaic_* names.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mosaic_tests::initiator::{LoginOptions, Session, CHECK_CONDITION, GOOD};
-use mosaic_tests::server::{mosaic_bin, Mosaic};
+use mosaic_tests::server::{http_get, mosaic_bin, Mosaic};
 use mosaic_tests::tools::{self, RunOutput};
 
 const TOOL_LIMIT: Duration = Duration::from_secs(300);
@@ -115,26 +114,6 @@ fn refused(out: RunOutput, what: &str, message: &str) {
         "{what}: expected {message:?} in:\n{}",
         out.both()
     );
-}
-
-/// One HTTP/1.1 GET over a plain TcpStream: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("status line of {head:?}"));
-    (status, body.to_string())
 }
 
 /// Pages per node from `mosaic routing show`: node -> (primary, replica).

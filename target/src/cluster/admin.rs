@@ -11,6 +11,7 @@
 //! | `DELETE /volumes/NAME` | delete |
 //! | `GET /routing/NAME` | pages per node, a run-length map of the pages, the epoch |
 //! | `POST /routing/NAME/move` `{pages: "FIRST[-LAST]", to}` | move those pages' primary to node `to` |
+//! | `GET/POST /io-mode` `{mode: "forward" or "short-cut"}` | the cluster's I/O mode |
 //! | `GET /status` | nodes, portals with connections, sessions, I/O counters |
 //! | `GET /metrics` | Prometheus text format 0.0.4, every metric named `mosaic_*` |
 //!
@@ -50,7 +51,7 @@ use tracing::info;
 use super::lab::Lab;
 use super::portals::PortalLoad;
 use super::state::{ClusterState, StateError};
-use super::store::{ClusterIoError, IoStats};
+use super::store::{ClusterIoError, IoMode, IoStats};
 use super::volumes::{
     delete_options, put_options, volume_config, BackingKind, NodeVolumes, VolumeOptions,
     VolumeStatus,
@@ -530,6 +531,31 @@ async fn move_pages(
     Ok(Json(view))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IoModeRequest {
+    mode: String,
+}
+
+async fn io_mode(State(a): State<Arc<Admin>>) -> Json<Value> {
+    Json(json!({ "mode": a.first().service.io_mode().to_string() }))
+}
+
+/// Switches every node between forward and short-cut; commands already running
+/// finish in the mode they started in.
+async fn set_io_mode(State(a): State<Arc<Admin>>, body: Bytes) -> ApiResult<Json<Value>> {
+    let req: IoModeRequest = parse_body(&body)?;
+    let mode: IoMode = req
+        .mode
+        .parse()
+        .map_err(|m| ApiError::bad(format!("mode: {m}")))?;
+    for n in &a.nodes {
+        n.service.set_io_mode(mode);
+    }
+    info!(%mode, "I/O mode switched");
+    Ok(Json(json!({ "mode": mode.to_string() })))
+}
+
 async fn delete_volume(
     State(a): State<Arc<Admin>>,
     Path(name): Path<String>,
@@ -629,6 +655,8 @@ fn io_json(s: &IoStats) -> Value {
         "local": g(&s.local),
         "forwarded": g(&s.forwarded),
         "rerouted": g(&s.rerouted),
+        "shortcut": g(&s.shortcut),
+        "shortcut_served": g(&s.shortcut_served),
         "served": g(&s.served),
     })
 }
@@ -668,6 +696,7 @@ async fn status(State(a): State<Arc<Admin>>) -> ApiResult<Json<Value>> {
     });
     Ok(Json(json!({
         "epoch": t.epoch().0,
+        "io_mode": a.first().service.io_mode().to_string(),
         "volumes": t.volumes().len(),
         "nodes": nodes,
         "group_portal": group,
@@ -772,6 +801,20 @@ pub fn render_metrics(a: &Admin) -> String {
     );
     family(
         &mut out,
+        "mosaic_node_shortcut_reads_total",
+        "counter",
+        "Reads whose final PDUs the page's owner built (short-cut mode).",
+        &c(|s| &s.shortcut),
+    );
+    family(
+        &mut out,
+        "mosaic_node_shortcut_served_total",
+        "counter",
+        "Short-cut reads the node built for a peer's connection.",
+        &c(|s| &s.shortcut_served),
+    );
+    family(
+        &mut out,
         "mosaic_node_served_requests_total",
         "counter",
         "Link requests served for peers.",
@@ -863,6 +906,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/volumes/{name}/resize", post(resize_volume))
         .route("/routing/{name}", get(routing))
         .route("/routing/{name}/move", post(move_pages))
+        .route("/io-mode", get(io_mode).post(set_io_mode))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -296,12 +296,22 @@ impl AdminClient {
         ))
     }
 
+    /// `POST /io-mode`, or `GET` without a mode.
+    pub fn io_mode(&self, mode: Option<&str>) -> Result<String, ClientError> {
+        let v = match mode {
+            Some(m) => self.call("POST", "/io-mode", Some(&json!({ "mode": m })))?,
+            None => self.call("GET", "/io-mode", None)?,
+        };
+        Ok(format!("I/O mode: {}\n", text(&v, "mode")))
+    }
+
     /// `GET /status`.
     pub fn status(&self) -> Result<String, ClientError> {
         let v = self.call("GET", "/status", None)?;
         let mut out = format!(
-            "routing epoch {}, {} volume{}\n",
+            "routing epoch {}, I/O mode {}, {} volume{}\n",
             num(&v, "epoch"),
+            text(&v, "io_mode"),
             num(&v, "volumes"),
             if num(&v, "volumes") == 1 { "" } else { "s" }
         );
@@ -318,6 +328,7 @@ impl AdminClient {
             "LOCAL",
             "FORWARDED",
             "REROUTED",
+            "SHORT-CUT",
             "SERVED",
         ]
         .map(String::from)
@@ -336,6 +347,7 @@ impl AdminClient {
                 num(io, "local").to_string(),
                 num(io, "forwarded").to_string(),
                 num(io, "rerouted").to_string(),
+                num(io, "shortcut").to_string(),
                 num(io, "served").to_string(),
             ]);
         }

@@ -21,7 +21,7 @@ use tracing::info;
 use super::link::{LinkConfig, LinkServer, Peers};
 use super::portals::PortalLoad;
 use super::state::{ClusterState, StateError};
-use super::store::{IoStats, NodeService};
+use super::store::{IoMode, IoStats, NodeService};
 use super::volumes::{NodeParts, NodeVolumes};
 use crate::config::Settings;
 use crate::server::{NodeIdentity, NodeSpec, Server};
@@ -51,6 +51,8 @@ pub struct LabConfig {
     pub replicas: u8,
     /// TCP port of every node portal; the link listens on the next one.
     pub port: u16,
+    /// How a node answers reads of pages other nodes own.
+    pub io_mode: IoMode,
 }
 
 impl Default for LabConfig {
@@ -62,6 +64,7 @@ impl Default for LabConfig {
             page_size: mosaic_routing::DEFAULT_PAGE_SIZE,
             replicas: 1,
             port: ISCSI_PORT,
+            io_mode: IoMode::Forward,
         }
     }
 }
@@ -213,6 +216,7 @@ impl Lab {
                 first_exports = Some(exports.clone());
             }
             exports_by_node.insert(i, exports.clone());
+            service.set_io_mode(config.io_mode);
             services.insert(i, service.clone());
             let link = LinkServer::bind(link_addr(i, config.port), service)
                 .await

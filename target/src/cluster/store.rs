@@ -27,7 +27,8 @@ use parking_lot::RwLock;
 use thiserror::Error;
 
 use super::link::{
-    self, LinkError, LocalService, Peers, Request, Response, ServeFuture, WireError,
+    self, ConnState, LinkError, LocalService, Peers, Request, Response, ServeFuture, WireError,
+    MAX_DATA_LEN,
 };
 use super::state::{ClusterState, StateError};
 use crate::scsi::lock::RangeLock;
@@ -111,6 +112,10 @@ pub struct IoStats {
     pub forwarded: AtomicU64,
     /// Pieces re-routed after a peer reported another epoch.
     pub rerouted: AtomicU64,
+    /// Reads handed to their page's owner, which built the final PDUs (short-cut).
+    pub shortcut: AtomicU64,
+    /// Short-cut reads this node built for a peer's connection.
+    pub shortcut_served: AtomicU64,
     /// Requests served for peers.
     pub served: AtomicU64,
     /// Reads of a volume through this node (one per read command of an initiator).
@@ -132,6 +137,40 @@ pub struct NodeService {
     stats: Arc<IoStats>,
     /// To copy modifications to the replicas.
     peers: Arc<Peers>,
+    /// The cluster's I/O mode: `true` for short-cut (see [`IoMode`]).
+    shortcut: std::sync::atomic::AtomicBool,
+}
+
+/// How a node answers a read of a page another node owns (per cluster, switchable
+/// at run time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoMode {
+    /// The receiving node gathers the data from the owner and builds the PDUs.
+    Forward,
+    /// The owner is given the connection's state and builds the final Data-In and
+    /// SCSI Response PDUs; the receiving node writes them out unchanged.
+    ShortCut,
+}
+
+impl std::str::FromStr for IoMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IoMode, String> {
+        match s {
+            "forward" => Ok(IoMode::Forward),
+            "short-cut" | "shortcut" => Ok(IoMode::ShortCut),
+            other => Err(format!("{other:?}: expected forward or short-cut")),
+        }
+    }
+}
+
+impl std::fmt::Display for IoMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoMode::Forward => "forward",
+            IoMode::ShortCut => "short-cut",
+        })
+    }
 }
 
 impl NodeService {
@@ -147,7 +186,23 @@ impl NodeService {
             volumes: RwLock::new(HashMap::new()),
             stats,
             peers,
+            shortcut: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The node's I/O mode.
+    pub fn io_mode(&self) -> IoMode {
+        if self.shortcut.load(Ordering::Relaxed) {
+            IoMode::ShortCut
+        } else {
+            IoMode::Forward
+        }
+    }
+
+    /// Switches the node's I/O mode (takes effect for the next command).
+    pub fn set_io_mode(&self, mode: IoMode) {
+        self.shortcut
+            .store(mode == IoMode::ShortCut, Ordering::Relaxed);
     }
 
     /// Makes a local volume available to peers.
@@ -576,9 +631,18 @@ impl NodeService {
                 };
                 done(r.await)
             }
-            // Short-cut responses are not served over the link yet (see
-            // docs/architecture.md).
-            Request::ShortCut { .. } => Response::Error(WireError::Unsupported),
+            Request::ShortCut {
+                volume,
+                offset,
+                len,
+                state,
+            } => match self.read_as_primary(volume, offset, u64::from(len)).await {
+                Ok(data) => {
+                    self.stats.shortcut_served.fetch_add(1, Ordering::Relaxed);
+                    Response::Pdus(crate::conn::shortcut_response(&state, data))
+                }
+                Err(e) => Response::Error(e.to_wire()),
+            },
             Request::Ping => Response::Pong,
         }
     }
@@ -857,6 +921,68 @@ impl ClusterStore {
         )
         .await?;
         Ok(())
+    }
+
+    /// The owner of a short-cut read of `[offset, offset + len)`: the primary of
+    /// its page when the node is in short-cut mode, the range lies in one page and
+    /// that page's primary is another node; `None` otherwise (served here).
+    pub fn shortcut_owner(&self, offset: u64, len: u64) -> Option<NodeId> {
+        if self.service.io_mode() != IoMode::ShortCut || len > u64::from(MAX_DATA_LEN) {
+            return None;
+        }
+        let table = self.state.table();
+        let map = table.volume(self.volume)?;
+        let page_size = map.volume().page_size;
+        let page = offset / page_size;
+        if (offset + len - 1) / page_size != page {
+            return None;
+        }
+        map.primary(page).filter(|&p| p != self.node)
+    }
+
+    /// A short-cut read: the owner reads the range and builds the task's final
+    /// PDUs from `state`; the bytes come back ready to be written to the
+    /// initiator. Any failure (another epoch, another owner, a link error) is for
+    /// the caller to answer by the normal path.
+    pub async fn shortcut_read(
+        &self,
+        owner: NodeId,
+        offset: u64,
+        len: u32,
+        state: ConnState,
+    ) -> Result<Bytes, ClusterIoError> {
+        let epoch = self.state.table().epoch().0;
+        let req = Request::ShortCut {
+            volume: self.volume.0,
+            offset,
+            len,
+            state,
+        };
+        let link_err = |source| ClusterIoError::Link {
+            node: owner.0,
+            source,
+        };
+        match self
+            .peers
+            .call(owner.0, epoch, req)
+            .await
+            .map_err(link_err)?
+        {
+            Response::Pdus(p) => {
+                // Counted once it succeeded: a failed one is run (and counted) by
+                // the normal path.
+                self.stats.shortcut.fetch_add(1, Ordering::Relaxed);
+                self.stats.reads.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .read_bytes
+                    .fetch_add(u64::from(len), Ordering::Relaxed);
+                Ok(p)
+            }
+            Response::Error(e) => Err(link_err(e.into())),
+            other => Err(link_err(LinkError::Protocol(format!(
+                "unexpected response {other:?}"
+            )))),
+        }
     }
 
     /// COMPARE AND WRITE (SBC-4 §5.3) at the primary of the range: atomic against

@@ -285,6 +285,36 @@ impl LogicalUnit {
         self.store.flush().await
     }
 
+    /// For a short-cut read (the page's owner builds the response): when `cdb` is a
+    /// READ(6/10/12/16) of at least one block, inside the capacity and the transfer
+    /// limit, of a clustered volume, the volume and the byte range it reads. Any
+    /// other command, or any READ that must be refused, is `None`: the normal path
+    /// runs it and answers with the right sense.
+    pub fn plain_read(
+        &self,
+        cdb: &[u8],
+    ) -> Option<(
+        std::sync::Arc<crate::cluster::store::ClusterStore>,
+        u64,
+        u64,
+    )> {
+        let BackingStore::Cluster(store) = &self.store else {
+            return None;
+        };
+        let (rw, len_field) = match Cdb::decode(cdb).ok()? {
+            Cdb::Read6(rw) => (rw, 4),
+            Cdb::Read10(rw) => (rw, 7),
+            Cdb::Read12(rw) => (rw, 6),
+            Cdb::Read16(rw) => (rw, 10),
+            _ => return None,
+        };
+        let bytes = self.check_rw(&rw, len_field).ok()?;
+        if bytes == 0 {
+            return None;
+        }
+        Some((store.clone(), self.offset_of(rw.lba), bytes))
+    }
+
     /// Executes one command (SAM-5 §5.1). Never panics; store errors become MEDIUM ERROR.
     pub async fn execute(&self, req: ScsiRequest) -> ScsiResult {
         let cdb = match Cdb::decode(&req.cdb) {
