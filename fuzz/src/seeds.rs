@@ -225,3 +225,24 @@ pub fn xcopy_params() -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// read_routing_table: the CDBs an initiator sends to fetch a table in pieces,
+/// and a few with a reserved byte or NACA set.
+pub fn read_routing_table() -> Vec<Vec<u8>> {
+    use mosaic_proto::scsi::vendor::ReadRoutingTableCdb;
+    let mut v: Vec<Vec<u8>> = [(0u64, 4096u32), (0, 12), (12, 40), (50, 0), (u64::MAX, 16)]
+        .iter()
+        .map(|&(offset, alloc_len)| ReadRoutingTableCdb { offset, alloc_len }.encode().to_vec())
+        .collect();
+    for (at, bit) in [(1usize, 0x10u8), (14, 0x80), (15, 0x04)] {
+        let mut c = ReadRoutingTableCdb {
+            offset: 0,
+            alloc_len: 64,
+        }
+        .encode()
+        .to_vec();
+        c[at] = bit;
+        v.push(c);
+    }
+    v
+}

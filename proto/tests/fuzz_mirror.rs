@@ -1,5 +1,6 @@
 //! The properties the proto fuzz targets check (`fuzz/fuzz_targets/pdu_frame.rs`,
-//! `cdb.rs`, and the negotiator half of `login.rs`), run here by proptest so that CI
+//! `cdb.rs`, the CDB half of `read_routing_table.rs`, and the negotiator half of
+//! `login.rs`), run here by proptest so that CI
 //! checks them too (STYLE.md item 10).
 //!
 //! The `check_*` functions are the single definition of each property: the fuzz
@@ -14,7 +15,10 @@ use mosaic_proto::negotiate::{
     Digest, Limits, Negotiator, SessionParams, SessionType, Stage, MAX_DATA_LENGTH, MIN_DATA_LENGTH,
 };
 use mosaic_proto::pdu::{pad_len, raw_ahs_len, raw_data_len, raw_opcode, BHS_LEN};
-use mosaic_proto::scsi::{Cdb, CdbError, Sense};
+use mosaic_proto::scsi::opcode::READ_ROUTING_TABLE;
+use mosaic_proto::scsi::sense::key;
+use mosaic_proto::scsi::vendor::ReadRoutingTableCdb;
+use mosaic_proto::scsi::{Asc, Cdb, CdbError, Sense};
 use mosaic_proto::text::{self, KeyValue};
 
 /// How many PDUs one input may frame before the check stops (bounds run time).
@@ -164,6 +168,55 @@ pub fn check_cdb(b: &[u8]) {
             result,
             "trailing bytes changed the CDB"
         );
+    }
+}
+
+/// The bytes of a READ ROUTING TABLE CDB (C5h, docs/wire-formats.md) that must be
+/// zero: byte 1 and byte 14 (reserved); in the CONTROL byte only NACA (bit 2) is
+/// refused.
+const RRT_RESERVED: [usize; 2] = [1, 14];
+const RRT_CONTROL: usize = 15;
+const RRT_CONTROL_NACA: u8 = 0x04;
+
+/// `ReadRoutingTableCdb::decode` never panics; it accepts exactly the CDBs that
+/// start with C5h, have 16 bytes, zero reserved bytes and NACA clear, and then
+/// reads BUFFER OFFSET (bytes 2-9) and ALLOCATION LENGTH (bytes 10-13) big-endian;
+/// its encoding decodes to the same value; a refusal is ILLEGAL REQUEST, INVALID
+/// FIELD IN CDB with a field pointer inside the CDB; trailing bytes change nothing.
+/// The generic `Cdb::decode` keeps its own properties ([`check_cdb`]) on the same
+/// bytes.
+pub fn check_read_routing_table_cdb(b: &[u8]) {
+    check_cdb(b);
+    let result = ReadRoutingTableCdb::decode(b);
+    let valid = b.first() == Some(&READ_ROUTING_TABLE)
+        && b.len() >= 16
+        && RRT_RESERVED.iter().all(|&i| b[i] == 0)
+        && b[RRT_CONTROL] & RRT_CONTROL_NACA == 0;
+    match result {
+        Ok(c) => {
+            assert!(valid, "accepted {b:02x?}");
+            let offset = u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"));
+            let alloc = u32::from_be_bytes(b[10..14].try_into().expect("4 bytes"));
+            assert_eq!((c.offset, c.alloc_len), (offset, alloc));
+            let again = c.encode();
+            assert_eq!(&again[..14], &b[..14], "encoding of {c:?}");
+            assert_eq!(ReadRoutingTableCdb::decode(&again), Ok(c));
+        }
+        Err(e) => {
+            assert!(!valid, "refused {b:02x?}: {e:?}");
+            let sense = e.sense();
+            assert_eq!(sense.key, key::ILLEGAL_REQUEST);
+            assert_eq!(sense.asc, Asc::INVALID_FIELD_IN_CDB);
+            if let CdbError::InvalidField { byte, bit } = e {
+                assert!(usize::from(byte) < 16, "field pointer byte {byte}");
+                assert!(bit.is_none_or(|bit| bit < 8), "field pointer bit {bit:?}");
+            }
+        }
+    }
+    if b.len() >= 16 {
+        let mut longer = b.to_vec();
+        longer.extend_from_slice(&[0xff; 8]);
+        assert_eq!(ReadRoutingTableCdb::decode(&longer), result);
     }
 }
 
@@ -517,6 +570,27 @@ mod props {
             let mut b = vec![op];
             b.extend_from_slice(&rest);
             check_cdb(&b);
+        }
+
+        /// Mirrors fuzz target `read_routing_table` (its CDB half) on arbitrary bytes.
+        #[test]
+        fn read_routing_table_arbitrary_bytes(b in proptest::collection::vec(any::<u8>(), 0..24)) {
+            check_read_routing_table_cdb(&b);
+        }
+
+        /// Mirrors fuzz target `read_routing_table` on C5h CDBs, mostly well formed:
+        /// reserved bytes and CONTROL zero, or one of them set.
+        #[test]
+        fn read_routing_table_cdbs(
+            offset: u64, alloc: u32, len in 14usize..20,
+            poke in prop::option::of((prop::sample::select(vec![1usize, 14, 15]), 1..=255u8)),
+        ) {
+            let mut b = ReadRoutingTableCdb { offset, alloc_len: alloc }.encode().to_vec();
+            if let Some((at, v)) = poke {
+                b[at] = v;
+            }
+            b.resize(len, 0);
+            check_read_routing_table_cdb(&b);
         }
 
         /// Mirrors the negotiator half of fuzz target `login`.

@@ -1,5 +1,6 @@
 //! The properties the target fuzz targets check (`fuzz/fuzz_targets/login.rs`,
-//! `pr_params.rs`, `unmap_params.rs`, `xcopy_params.rs`), run here by proptest so that CI checks them
+//! `pr_params.rs`, `unmap_params.rs`, `xcopy_params.rs`, the device half of
+//! `read_routing_table.rs`), run here by proptest so that CI checks them
 //! too (STYLE.md item 10).
 //!
 //! The `check_*` functions are the single definition of each property: the fuzz
@@ -17,7 +18,7 @@ use mosaic_proto::scsi::opcode as op;
 use mosaic_proto::scsi::sense::key;
 use mosaic_proto::scsi::status;
 use mosaic_proto::text;
-use mosaic_target::device::Nexus;
+use mosaic_target::device::{Device, Nexus};
 use mosaic_target::login::{LoginStep, LoginTarget, TargetAccess, TargetLogin};
 use mosaic_target::pr::{
     parse_transport_id, prin, prout, Initiator, PrError, PrState, MAX_REGISTRATIONS,
@@ -657,6 +658,64 @@ pub fn check_xcopy(data: &[u8], param_len: u32, targets: &[Option<TargetGeometry
     assert!(total <= MAX_COPY_BYTES);
 }
 
+// ---------------------------------------------------------------- READ ROUTING TABLE
+
+/// READ ROUTING TABLE (C5h, docs/wire-formats.md) through a stand-alone device (a
+/// one-node table of a 16-block volume), as a session sends it: the answer is GOOD
+/// exactly when the CDB decodes, and then it is the piece of the whole encoding at
+/// BUFFER OFFSET, at most ALLOCATION LENGTH bytes, clipped at the end (an offset at
+/// or past the end gives nothing); otherwise CHECK CONDITION, ILLEGAL REQUEST,
+/// with no data. The whole encoding is the answer to offset 0 and the largest
+/// allocation length, and starts like every table encoding does.
+pub fn check_read_routing_table(cdb: &[u8]) {
+    use mosaic_proto::scsi::vendor::ReadRoutingTableCdb;
+    let store = BackingStore::memory(UNMAP_BLOCKS * u64::from(UNMAP_BS));
+    let lu = LogicalUnit::with_options(lu_cfg(), store, LuOptions::default()).expect("unit");
+    let device = Device::new(lu);
+    let nexus = Nexus::new("iqn.fuzz", 1, "iqn.2026-11.io.mosaic:fuzz", 1, 1);
+    let everything = ReadRoutingTableCdb {
+        offset: 0,
+        alloc_len: u32::MAX,
+    }
+    .encode()
+    .to_vec();
+    let expected_len = cdb
+        .get(10..14)
+        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+        .unwrap_or(0);
+    let (whole, r) = RT.with(|rt| {
+        rt.block_on(async {
+            let whole = device
+                .execute(&nexus, cmd(everything, Vec::new(), u32::MAX))
+                .await;
+            let r = device
+                .execute(&nexus, cmd(cdb.to_vec(), Vec::new(), expected_len))
+                .await;
+            (whole, r)
+        })
+    });
+    assert_eq!(whole.status, status::GOOD, "{whole:?}");
+    let whole = whole.data_in;
+    assert!(!whole.is_empty(), "a one-node table encodes to nothing");
+    match ReadRoutingTableCdb::decode(cdb) {
+        Ok(c) => {
+            assert_eq!(r.status, status::GOOD, "{c:?}: {r:?}");
+            let start = usize::try_from(c.offset)
+                .unwrap_or(usize::MAX)
+                .min(whole.len());
+            let end = start.saturating_add(c.alloc_len as usize).min(whole.len());
+            assert_eq!(&r.data_in[..], &whole[start..end], "{c:?}");
+        }
+        Err(e) => {
+            assert_eq!(r.status, status::CHECK_CONDITION, "{e:?}: {r:?}");
+            assert!(r.data_in.is_empty());
+            let sense =
+                mosaic_proto::scsi::Sense::parse_fixed(&r.sense).expect("fixed-format sense");
+            assert_eq!(sense.key, key::ILLEGAL_REQUEST, "{e:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod props {
     use super::*;
@@ -950,6 +1009,25 @@ mod props {
         #[test]
         fn unmap_lists(u in unmap_input()) {
             check_unmap(&u);
+        }
+
+        /// Mirrors fuzz target `read_routing_table` (its device half) on C5h CDBs,
+        /// mostly well formed, with any offset and allocation length.
+        #[test]
+        fn read_routing_table_through_a_device(
+            offset in prop_oneof![0..256u64, any::<u64>()],
+            alloc in prop_oneof![0..300u32, any::<u32>()],
+            len in 14usize..20,
+            poke in prop::option::of((prop::sample::select(vec![1usize, 14, 15]), 1..=255u8)),
+        ) {
+            let mut b = mosaic_proto::scsi::vendor::ReadRoutingTableCdb { offset, alloc_len: alloc }
+                .encode()
+                .to_vec();
+            if let Some((at, v)) = poke {
+                b[at] = v;
+            }
+            b.resize(len, 0);
+            check_read_routing_table(&b);
         }
     }
 
