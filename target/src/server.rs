@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use anyhow::{Context, Result};
 use mosaic_proto::negotiate::TargetLimits;
@@ -36,12 +36,19 @@ pub struct Export {
 #[derive(Debug, Default)]
 pub struct Exports {
     inner: parking_lot::RwLock<HashMap<String, Export>>,
+    /// The sessions of the node serving these exports, once it is bound: every
+    /// device exported, then or later, gets a [`TaskAborter`] into them so that
+    /// PREEMPT AND ABORT reaches the preempted initiators' tasks. The first node
+    /// to attach keeps them (the lab's group portal shares node 1's exports and
+    /// serves no normal session: it redirects them).
+    sessions: OnceLock<Weak<SessionRegistry>>,
 }
 
 impl Exports {
     pub fn new(map: HashMap<String, Export>) -> Exports {
         Exports {
             inner: parking_lot::RwLock::new(map),
+            sessions: OnceLock::new(),
         }
     }
     /// The export of a target IQN.
@@ -58,14 +65,47 @@ impl Exports {
     pub fn all(&self) -> Vec<Export> {
         self.inner.read().values().cloned().collect()
     }
-    /// Adds (or replaces) an export.
+    /// Adds (or replaces) an export; its device can abort the tasks of the node's
+    /// sessions if [`Exports::attach_sessions`] was called.
     pub fn insert(&self, e: Export) {
-        self.inner.write().insert(e.iqn.clone(), e);
+        // Under the lock, so that an `attach_sessions` running now either is seen
+        // here or sees this export in the map.
+        let mut map = self.inner.write();
+        if let Some(sessions) = self.sessions.get() {
+            install_task_aborter(&e, sessions.clone());
+        }
+        map.insert(e.iqn.clone(), e);
     }
     /// Removes an export; sessions already logged in keep their device until they end.
     pub fn remove(&self, iqn: &str) -> Option<Export> {
         self.inner.write().remove(iqn)
     }
+    /// Connects every device exported now and later to `registry`, the sessions of
+    /// the node serving these exports (see the `sessions` field). Returns whether
+    /// this call attached them (`false`: another node already had).
+    pub fn attach_sessions(&self, registry: &Arc<SessionRegistry>) -> bool {
+        if self.sessions.set(Arc::downgrade(registry)).is_err() {
+            return false;
+        }
+        // See `insert`: the lock orders this against exports being added.
+        let map = self.inner.write();
+        for e in map.values() {
+            install_task_aborter(e, Arc::downgrade(registry));
+        }
+        true
+    }
+}
+
+/// Gives `e`'s device the hook PREEMPT AND ABORT uses (SPC-4 §5.13.11.2.4): abort
+/// every task of the sessions to `e`'s target whose initiator port is preempted.
+fn install_task_aborter(e: &Export, sessions: Weak<SessionRegistry>) {
+    let iqn = e.iqn.clone();
+    e.device
+        .set_task_aborter(TaskAborter(Arc::new(move |who: &[Initiator]| {
+            if let Some(reg) = sessions.upgrade() {
+                reg.abort_tasks_where(&iqn, |port| who.iter().any(|i| i.matches_port(port)));
+            }
+        })));
 }
 
 /// Everything the connections of a target share.
@@ -289,19 +329,9 @@ impl Server {
             redirect: redirect.then(|| portals.clone()),
         };
         let registry = Arc::new(SessionRegistry::default());
-        for e in exports.all() {
-            // PREEMPT AND ABORT reaches the preempted initiators' sessions here.
-            let sessions = Arc::downgrade(&registry);
-            let iqn = e.iqn.clone();
-            e.device
-                .set_task_aborter(TaskAborter(Arc::new(move |who: &[Initiator]| {
-                    if let Some(reg) = sessions.upgrade() {
-                        reg.abort_tasks_where(&iqn, |port| {
-                            who.iter().any(|i| i.matches_port(port))
-                        });
-                    }
-                })));
-        }
+        // PREEMPT AND ABORT reaches the preempted initiators' sessions here, for
+        // the volumes exported now and those created at run time.
+        exports.attach_sessions(&registry);
         let target = Arc::new(Target {
             settings,
             exports,

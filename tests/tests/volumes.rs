@@ -420,3 +420,119 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
         "cannot reach the admin endpoint",
     );
 }
+
+/// PERSISTENT RESERVE OUT with PREEMPT AND ABORT on a volume created at run time
+/// aborts the preempted initiator's tasks (SPC-4 §5.13.11.2.4), as it does on the
+/// volumes the lab started with: the device of a runtime volume gets the node's
+/// task-aborter hook too. The preempted session's task is a write waiting for its
+/// data; QUERY TASK (RFC 7144) tells whether it is still in the task set.
+#[test]
+fn preempt_and_abort_reaches_the_tasks_on_a_volume_created_at_run_time() {
+    use mosaic_proto::pdu::{tmf_function, tmf_response, Bhs, Pdu, ScsiCommand};
+    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+        return;
+    }
+    const KEY_A: u64 = 0xa;
+    const KEY_B: u64 = 0xb;
+    const WRITE_EXCLUSIVE: u8 = 0x01;
+    let Lab {
+        mut lab,
+        port,
+        admin,
+        ..
+    } = start_lab();
+    ok(
+        cli(admin, &["volume", "create", "pa", "--size", "16M"]),
+        "mosaic volume create",
+    );
+    let iqn = "iqn.2026-11.io.mosaic:pa";
+    let node1: SocketAddr = ([127, 0, 1, 1], port).into();
+    let login = |name: &str| {
+        let mut o = LoginOptions::new(iqn);
+        o.initiator_name = name.to_string();
+        let mut s = Session::login(node1, &o).expect("login at node 1");
+        s.lun = 0;
+        drain_unit_attentions(&mut s);
+        s
+    };
+    let mut a = login("iqn.2026-11.io.mosaic:tests-a");
+    let mut b = login("iqn.2026-11.io.mosaic:tests-b");
+    let prout = |s: &mut Session, sa: u8, ty: u8, key: u64, sa_key: u64| {
+        let mut p = [0u8; 24];
+        p[..8].copy_from_slice(&key.to_be_bytes());
+        p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        let r = s
+            .command(&[0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0], &p, 0)
+            .expect("PERSISTENT RESERVE OUT");
+        assert_eq!(r.status, GOOD, "PROUT {sa:#x}: sense {:x?}", r.sense_key());
+    };
+    prout(&mut a, 0x00, 0, 0, KEY_A); // REGISTER
+    prout(&mut b, 0x00, 0, 0, KEY_B);
+    prout(&mut a, 0x01, WRITE_EXCLUSIVE, KEY_A, 0); // RESERVE
+
+    // a's WRITE(10) without its data: the target answers with an R2T and the task
+    // waits in the task set.
+    let itt = a.next_itt();
+    let mut cdb = [0u8; 16];
+    cdb[..10].copy_from_slice(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    let cmd = ScsiCommand {
+        final_bit: true,
+        write: true,
+        attr: 1,
+        itt,
+        expected_data_transfer_length: 512,
+        cmd_sn: a.take_cmd_sn(),
+        exp_stat_sn: a.exp_stat_sn(),
+        cdb,
+        ..Default::default()
+    };
+    a.send(&Pdu::new(Bhs::ScsiCommand(cmd), bytes::Bytes::new()))
+        .expect("send WRITE(10)");
+    loop {
+        match a.recv().expect("R2T").bhs {
+            Bhs::R2t(r) if r.itt == itt => break,
+            Bhs::NopIn(_) => {}
+            other => panic!("expected an R2T, got {other:?}"),
+        }
+    }
+    let r = a
+        .task_mgmt(tmf_function::QUERY_TASK, itt)
+        .expect("QUERY TASK");
+    assert_eq!(
+        r.response,
+        tmf_response::FUNCTION_SUCCEEDED,
+        "the write waits"
+    );
+
+    // b: PREEMPT AND ABORT a's key.
+    prout(&mut b, 0x05, WRITE_EXCLUSIVE, KEY_B, KEY_A);
+    // The abort reaches a's connection as a notification: ask until it has acted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = a
+            .task_mgmt(tmf_function::QUERY_TASK, itt)
+            .expect("QUERY TASK");
+        if r.response == tmf_response::COMPLETE {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the preempted initiator's write is still in the task set 10 s after \
+             PREEMPT AND ABORT on a volume created at run time:\n{}",
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // a is preempted: it hears of it, then its writes conflict.
+    let r = a.test_unit_ready().expect("TEST UNIT READY");
+    assert_eq!(
+        r.sense_key(),
+        Some((0x06, 0x2a, 0x05)),
+        "REGISTRATIONS PREEMPTED"
+    );
+    let r = a
+        .command(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0u8; 512], 0)
+        .expect("write");
+    assert_eq!(r.status, 0x18, "RESERVATION CONFLICT");
+    lab.assert_alive("after PREEMPT AND ABORT");
+}
