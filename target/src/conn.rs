@@ -1647,112 +1647,187 @@ fn stamp_with(bhs: &mut Bhs, stat_sn: &mut u32, exp: u32, max: u32, running: boo
     }
 }
 
+/// A reserved response (short-cut read) whose bytes have not arrived yet.
+struct Waiting {
+    body: oneshot::Receiver<ReservedBody>,
+    numbers: SeqNumbers,
+    frees_slot: bool,
+    /// What was stamped after it: it goes out only after this response.
+    after: Vec<Bytes>,
+}
+
+/// The writer task's state: the numbering and what is ready to go.
+struct Writer {
+    stat_sn: u32,
+    limits: FrameLimits,
+    window: Option<Arc<CmdWindow>>,
+    /// Encoded PDUs that may go out now, in wire order.
+    ready: Vec<Bytes>,
+    /// Reserved responses in StatSN order, each with what follows it.
+    waiting: VecDeque<Waiting>,
+}
+
+impl Writer {
+    /// Encoded parts go out in order: behind the last response still waiting.
+    fn queue(&mut self, enc: frame::EncodedPdu) {
+        let to = match self.waiting.back_mut() {
+            Some(w) => &mut w.after,
+            None => &mut self.ready,
+        };
+        to.extend(
+            [enc.head, enc.data, enc.tail]
+                .into_iter()
+                .filter(|b| !b.is_empty()),
+        );
+    }
+
+    fn pdu(&mut self, mut pdu: Pdu, frees_slot: bool) {
+        if frees_slot {
+            if let Some(w) = &self.window {
+                w.complete();
+            }
+        }
+        stamp(&mut pdu.bhs, &mut self.stat_sn, self.window.as_deref());
+        let enc = frame::encode(&pdu, &self.limits);
+        self.queue(enc);
+    }
+
+    fn reserve(
+        &mut self,
+        numbers: oneshot::Sender<SeqNumbers>,
+        body: oneshot::Receiver<ReservedBody>,
+        frees_slot: bool,
+    ) {
+        let (exp_cmd_sn, max_cmd_sn) = self
+            .window
+            .as_deref()
+            .map(|w| w.current())
+            .unwrap_or((0, 0));
+        let reserved = SeqNumbers {
+            stat_sn: self.stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
+        };
+        if numbers.send(reserved).is_err() {
+            // The task is gone (aborted): nothing reserved.
+            return;
+        }
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        self.waiting.push_back(Waiting {
+            body,
+            numbers: reserved,
+            frees_slot,
+            after: Vec::new(),
+        });
+    }
+
+    /// The first waiting response got its bytes (or its task ended without them).
+    fn filled(&mut self, body: Result<ReservedBody, oneshot::error::RecvError>) {
+        let Some(w) = self.waiting.pop_front() else {
+            return;
+        };
+        // A task aborted after its StatSN was reserved sends nothing (RFC 7143
+        // §4.2.3.2): that StatSN is skipped, and its slot is freed by the task.
+        if let Ok(body) = body {
+            if w.frees_slot {
+                if let Some(win) = &self.window {
+                    win.complete();
+                }
+            }
+            // `w` was the first waiting: its bytes may go now.
+            let to = &mut self.ready;
+            match body {
+                ReservedBody::Encoded(b) => to.push(b),
+                ReservedBody::Pdus(pdus) => {
+                    let mut sn = w.numbers.stat_sn;
+                    for mut pdu in pdus {
+                        let n = &w.numbers;
+                        stamp_with(&mut pdu.bhs, &mut sn, n.exp_cmd_sn, n.max_cmd_sn, true);
+                        let enc = frame::encode(&pdu, &self.limits);
+                        to.extend(
+                            [enc.head, enc.data, enc.tail]
+                                .into_iter()
+                                .filter(|b| !b.is_empty()),
+                        );
+                    }
+                }
+            }
+        }
+        self.ready.extend(w.after);
+    }
+}
+
+/// Resolves when the first waiting response is filled.
+async fn first_filled(
+    waiting: &mut VecDeque<Waiting>,
+) -> Result<ReservedBody, oneshot::error::RecvError> {
+    match waiting.front_mut() {
+        Some(w) => (&mut w.body).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The writer task: stamps, encodes and writes PDUs in batches with vectored writes.
+/// StatSN follows wire order; a short-cut response reserves its StatSN when its
+/// turn comes and what follows waits behind it, while later short-cuts are
+/// already on their way.
 async fn writer_task(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>) {
-    let mut stat_sn = 0u32;
-    let mut limits = FrameLimits::default();
-    let mut window: Option<Arc<CmdWindow>> = None;
-    let mut parts: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH * 3);
-    'outer: while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut close = false;
-        let mut count = 0;
-        while let Some(msg) = next.take() {
-            match msg {
-                Out::Pdu {
-                    mut pdu,
-                    frees_slot,
-                } => {
-                    if frees_slot {
-                        if let Some(w) = &window {
-                            w.complete();
-                        }
-                    }
-                    stamp(&mut pdu.bhs, &mut stat_sn, window.as_deref());
-                    let enc = frame::encode(&pdu, &limits);
-                    parts.push(enc.head);
-                    if !enc.data.is_empty() {
-                        parts.push(enc.data);
-                    }
-                    if !enc.tail.is_empty() {
-                        parts.push(enc.tail);
-                    }
-                    count += 1;
-                }
-                Out::InitStatSn(n) => stat_sn = n,
-                Out::Reserved {
-                    numbers,
-                    body,
-                    frees_slot,
-                } => {
-                    // What is queued goes first; then this response's turn.
-                    if write_parts(&mut wr, &mut parts).await.is_err() {
-                        break 'outer;
-                    }
-                    let (exp_cmd_sn, max_cmd_sn) =
-                        window.as_deref().map(|w| w.current()).unwrap_or((0, 0));
-                    let reserved = SeqNumbers {
-                        stat_sn,
-                        exp_cmd_sn,
-                        max_cmd_sn,
-                    };
-                    if numbers.send(reserved).is_err() {
-                        // The task is gone (aborted): nothing reserved, nothing sent.
-                        continue;
-                    }
-                    // Aborted before its response was built (`Err`): the StatSN was
-                    // never used, and nothing else was stamped meanwhile.
-                    if let Ok(body) = body.await {
-                        stat_sn = stat_sn.wrapping_add(1);
-                        if frees_slot {
-                            if let Some(w) = &window {
-                                w.complete();
-                            }
-                        }
-                        match body {
-                            ReservedBody::Encoded(b) => parts.push(b),
-                            ReservedBody::Pdus(pdus) => {
-                                let mut sn = reserved.stat_sn;
-                                for mut pdu in pdus {
-                                    stamp_with(&mut pdu.bhs, &mut sn, exp_cmd_sn, max_cmd_sn, true);
-                                    let enc = frame::encode(&pdu, &limits);
-                                    parts.extend(
-                                        [enc.head, enc.data, enc.tail]
-                                            .into_iter()
-                                            .filter(|b| !b.is_empty()),
-                                    );
-                                }
-                            }
-                        }
-                        count += 1;
-                    }
-                }
-                Out::FullFeature {
-                    limits: l,
-                    window: w,
-                } => {
-                    // Everything queued so far (the last Login Response) goes out
-                    // under the old settings.
-                    if write_parts(&mut wr, &mut parts).await.is_err() {
-                        break 'outer;
-                    }
-                    limits = l;
-                    window = Some(w);
-                }
-                Out::Close => {
+    let mut w = Writer {
+        stat_sn: 0,
+        limits: FrameLimits::default(),
+        window: None,
+        ready: Vec::with_capacity(WRITE_BATCH * 3),
+        waiting: VecDeque::new(),
+    };
+    let mut close = false;
+    loop {
+        if !w.ready.is_empty() && write_parts(&mut wr, &mut w.ready).await.is_err() {
+            break;
+        }
+        if close && w.waiting.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            body = first_filled(&mut w.waiting), if !w.waiting.is_empty() => w.filled(body),
+            msg = rx.recv(), if !close => {
+                if msg.is_none() {
+                    // Every sender is gone: finish what is waiting, then stop.
                     close = true;
-                    break;
+                }
+                let mut next = msg;
+                let mut count = 0;
+                while let Some(m) = next.take() {
+                    match m {
+                        Out::Pdu { pdu, frees_slot } => {
+                            w.pdu(pdu, frees_slot);
+                            count += 1;
+                        }
+                        Out::InitStatSn(n) => w.stat_sn = n,
+                        Out::Reserved { numbers, body, frees_slot } => {
+                            w.reserve(numbers, body, frees_slot);
+                        }
+                        Out::FullFeature { limits, window } => {
+                            // Everything queued so far (the last Login Response)
+                            // goes out under the old settings.
+                            if write_parts(&mut wr, &mut w.ready).await.is_err() {
+                                close = true;
+                                w.waiting.clear();
+                                break;
+                            }
+                            w.limits = limits;
+                            w.window = Some(window);
+                        }
+                        Out::Close => {
+                            close = true;
+                            break;
+                        }
+                    }
+                    if count < WRITE_BATCH {
+                        next = rx.try_recv().ok();
+                    }
                 }
             }
-            if count < WRITE_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if write_parts(&mut wr, &mut parts).await.is_err() {
-            break;
-        }
-        if close {
-            break;
         }
     }
     let _ = wr.shutdown().await;
