@@ -6,6 +6,8 @@
 //!   built on `mosaic_proto`; nothing is shared with the target's state machines.
 //! - [`scsi`]: the CDBs we send and the pages we parse.
 
+pub mod admin;
+pub mod bench;
 pub mod conn;
 pub mod discovery;
 pub mod error;
@@ -14,5 +16,7 @@ pub mod mpio;
 pub mod scsi;
 pub mod selector;
 pub mod session;
+pub mod sim;
+pub mod workload;
 
 pub use error::{Error, Result};
