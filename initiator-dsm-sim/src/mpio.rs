@@ -295,6 +295,7 @@ impl MpioDisk {
             &c.pieces,
             &c.bytes,
             &c.owner_bytes,
+            &c.table_fetches,
             &c.routing_attentions,
             &c.other_attentions,
             &c.path_failures,

@@ -27,14 +27,16 @@ use crate::workload::{Pattern, Picker, Rng, Skew};
 
 /// Where the default per-I/O costs come from (printed with every result).
 pub const CALIBRATION: &str = "\
-Calibration (defaults of --local-us and --forward-us): measured on the 3-node lab \
-cluster (`mosaic lab`, one process, 2 shared cores, loopback) with `mosaic-dsm bench \
---compare`, 4 KiB random reads at QD32 over 6 paths: routing-aware (every piece \
-served where it arrives) gave the CPU cost of a local I/O as cores / IOPS; \
-round-robin (2/3 of the pieces forwarded, per the target's local/forwarded \
-counters) gave the extra cost of a forwarded one as (cores / IOPS - local) / \
-forwarded share. Network figures (NIC and link speeds) are not measurable on \
-loopback and are parameters (25 Gbit/s defaults).";
+Calibration of --local-us and --forward-us (defaults 51 and 119): measured on the \
+3-node lab cluster (`mosaic lab --page-size 1M`, 256 MiB memory volume, one \
+process on a 2-core machine shared with the initiator, loopback) with `mosaic-dsm \
+bench --compare --bs 4K --read-pct 100 --qd 32`: routing-aware, with every piece \
+served where it arrived (target counters: 100% local), ran 39,463 IOPS, so a \
+local I/O costs 2 cores / 39,463 = 51 us of CPU (initiator included); \
+queue-length, with 66.7% of pieces forwarded (target counters), ran 15,388 IOPS = \
+130 us per I/O, so forwarding adds (130 - 51) / 0.667 = 119 us. The box was \
+shared with other builds (load average 5-7), so these are rough; pass your own. \
+NIC and link speeds cannot be measured on loopback and are parameters.";
 
 /// The simulator's parameters.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,10 +57,10 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 4)]
     pub cores: usize,
     /// CPU time of an I/O served by the node it arrived at, µs (see CALIBRATION).
-    #[arg(long, default_value_t = 38.0)]
+    #[arg(long, default_value_t = 51.0)]
     pub local_us: f64,
     /// Extra CPU time on the receiving node for an I/O it forwards, µs.
-    #[arg(long, default_value_t = 52.0)]
+    #[arg(long, default_value_t = 119.0)]
     pub forward_us: f64,
     /// Hosts (0: as many as nodes).
     #[arg(long, default_value_t = 0)]
@@ -103,8 +105,8 @@ impl Default for SimArgs {
             nic_gbps: 25.0,
             link_gbps: 25.0,
             cores: 4,
-            local_us: 38.0,
-            forward_us: 52.0,
+            local_us: 51.0,
+            forward_us: 119.0,
             hosts: 0,
             qd: 32,
             io_bytes: 4096,

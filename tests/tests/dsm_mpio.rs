@@ -2,7 +2,8 @@
 //! nodes, two NICs each): discovery at the group portal finds all six paths, VPD
 //! 0x83 groups them as one logical unit, routing-aware sends every byte to its
 //! owner's paths (round-robin does not), a volume resize raises the unit attention
-//! 2Ah/06h on every nexus and the disk fetches the table again and goes on, and
+//! 2Ah/06h on every nexus and the disk fetches the table again and goes on, page
+//! moves through the admin endpoint send the pages' I/O to their new owners, and
 //! every block reads back as written throughout.
 
 use std::net::{SocketAddr, TcpListener};
@@ -168,6 +169,41 @@ fn multipath_routing_aware_on_the_lab_cluster() {
         let t = disk.table().expect("table");
         assert!(t.epoch > epoch, "newer epoch {:?} > {:?}", t.epoch, epoch);
         assert_eq!(t.blocks * u64::from(t.block_size), 96 << 20);
+        assert_eq!(st.owner_share(), Some(1.0), "{st:?}");
+
+        // Move the pages the extents touch to other nodes (the admin endpoint's
+        // page move, as `mosaic routing move` does): the next commands see
+        // 2Ah/06h, the disk follows the new owners, and nothing is lost.
+        let before = disk.stats();
+        let t = disk.table().expect("table");
+        let moved: Vec<(u64, u32)> = (0..4u64)
+            .map(|page| {
+                let owner = t
+                    .owner_id(page * u64::from(t.page_blocks))
+                    .expect("owner")
+                    .0;
+                (page, owner % NODES + 1)
+            })
+            .collect();
+        for (page, to) in &moved {
+            mosaic_dsm::admin::move_pages(admin, "lv", *page, *page, *to)
+                .await
+                .unwrap_or_else(|e| panic!("move page {page} to node {to}: {e}"));
+        }
+        write_read_all(&disk, 4).await;
+        let st = disk.stats();
+        assert!(
+            st.routing_attentions > before.routing_attentions,
+            "2Ah/06h after the moves: {st:?}"
+        );
+        let t = disk.table().expect("table");
+        for (page, to) in &moved {
+            assert_eq!(
+                t.owner_id(page * u64::from(t.page_blocks)).map(|n| n.0),
+                Some(*to),
+                "page {page} now belongs to node {to}"
+            );
+        }
         assert_eq!(st.owner_share(), Some(1.0), "{st:?}");
         disk.close().await;
     });
