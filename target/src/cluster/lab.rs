@@ -286,23 +286,32 @@ impl Lab {
 
     /// Serves until `shutdown` turns `true`.
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<()> {
-        let mut tasks = tokio::task::JoinSet::new();
+        // The links outlive the portals: a node flushing its volumes at shutdown
+        // still reaches its peers.
+        let (links_stop_tx, links_stop) = watch::channel(false);
+        let mut links = tokio::task::JoinSet::new();
         for l in self.links {
-            let s = shutdown.clone();
-            tasks.spawn(async move { l.run(s).await.map_err(anyhow::Error::from) });
+            let s = links_stop.clone();
+            links.spawn(async move { l.run(s).await.map_err(anyhow::Error::from) });
         }
+        let mut servers = tokio::task::JoinSet::new();
         for srv in self.servers {
             let s = shutdown.clone();
-            tasks.spawn(async move { srv.run(s).await });
+            servers.spawn(async move { srv.run(s).await });
         }
         info!(nodes = self.config.nodes, "lab cluster running");
         let mut result = Ok(());
-        while let Some(r) = tasks.join_next().await {
-            match r {
-                Ok(Err(e)) if result.is_ok() => result = Err(e),
-                Err(e) if result.is_ok() => result = Err(e.into()),
-                _ => {}
-            }
+        let mut note = |r: Result<Result<()>, tokio::task::JoinError>| match r {
+            Ok(Err(e)) if result.is_ok() => result = Err(e),
+            Err(e) if result.is_ok() => result = Err(e.into()),
+            _ => {}
+        };
+        while let Some(r) = servers.join_next().await {
+            note(r);
+        }
+        let _ = links_stop_tx.send(true);
+        while let Some(r) = links.join_next().await {
+            note(r);
         }
         result
     }
