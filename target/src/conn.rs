@@ -47,6 +47,11 @@ const WRITER_QUEUE: usize = 1024;
 const WRITE_BATCH: usize = 64;
 /// Bytes the reader asks the kernel for at a time.
 const READ_CHUNK: usize = 256 * 1024;
+/// From this many bytes missing of the PDU in progress, reads stop at its end.
+const LARGE_PDU_REST: usize = 32 * 1024;
+/// A PDU's bytes besides its data segment, at most: BHS, the largest AHS (255
+/// words), two digests and padding.
+const MAX_PDU_OVERHEAD: usize = BHS_LEN + 255 * 4 + 2 * 4 + 3;
 /// A login that takes longer than this is abandoned (it holds a connection slot).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Text a Text Request sequence may accumulate (C bit), bounding memory.
@@ -196,10 +201,29 @@ impl Conn {
                     return Err(ConnError::Frame(e));
                 }
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
+            // Bytes still missing of the PDU in progress, bounded by what `decode`
+            // accepts (its header may not have been checked yet: digest pending).
+            let most = self.limits.max_recv_data_segment_length as usize + MAX_PDU_OVERHEAD;
+            let missing = match self.buf.first_chunk::<BHS_LEN>() {
+                Some(h) => frame::wire_len(h, &self.limits)
+                    .min(most)
+                    .saturating_sub(self.buf.len()),
+                None => 0,
+            };
+            if self.buf.capacity() - self.buf.len() < missing.max(READ_CHUNK / 4) {
+                // Growing copies the partial PDU: make room for all of it at once.
+                self.buf.reserve(missing.max(READ_CHUNK));
             }
-            let n = self.rd.read_buf(&mut self.buf).await?;
+            // The rest of a large PDU is read up to its end only, so the next PDU
+            // starts a fresh buffer and no large partial PDU is ever copied.
+            let n = if missing >= LARGE_PDU_REST {
+                (&mut self.rd)
+                    .take(missing as u64)
+                    .read_buf(&mut self.buf)
+                    .await?
+            } else {
+                self.rd.read_buf(&mut self.buf).await?
+            };
             if n == 0 {
                 return Err(ConnError::Closed);
             }
