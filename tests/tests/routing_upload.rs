@@ -11,6 +11,8 @@
 //! - a change that does (the volume resized) gives every nexus, on every node, the
 //!   unit attention ASYMMETRIC ACCESS STATE CHANGED (2Ah/06h), and a fresh fetch
 //!   carries the new epoch and geometry;
+//! - pages moved to another node (`mosaic routing move`): the same unit attention,
+//!   and a fresh fetch shows the new owners;
 //! - libiscsi's `SCSI.Inquiry` and `SCSI.ReportSupportedOpcodes` pass against a lab
 //!   node (the vendor command in the list breaks nothing).
 
@@ -277,6 +279,31 @@ fn port_groups(s: &mut Session) -> Vec<(u8, u16, u16)> {
 }
 
 /// TEST UNIT READY until GOOD: the unit attentions reported on the way, in order.
+/// Waits (bounded) for the nexus's ASYMMETRIC ACCESS STATE CHANGED and checks it
+/// came once.
+fn hears_the_change_once(test: &str, s: &mut Session, node: u32) {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while !seen.contains(&ASYMMETRIC_ACCESS_STATE_CHANGED) {
+        assert!(
+            start.elapsed() < UA_DEADLINE,
+            "node {node}: no ASYMMETRIC ACCESS STATE CHANGED within {UA_DEADLINE:?} (saw {seen:x?})"
+        );
+        seen.extend(drain_unit_attentions(s));
+        if seen.is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    eprintln!("{test}: node {node}: {seen:x?} after {:?}", start.elapsed());
+    assert_eq!(
+        seen.iter()
+            .filter(|x| **x == ASYMMETRIC_ACCESS_STATE_CHANGED)
+            .count(),
+        1,
+        "node {node}: reported once"
+    );
+}
+
 fn drain_unit_attentions(s: &mut Session) -> Vec<(u8, u8, u8)> {
     let mut seen = Vec::new();
     for _ in 0..8 {
@@ -389,28 +416,33 @@ fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
     );
     for (i, s) in sessions.iter_mut().enumerate() {
         let node = i as u32 + 1;
-        let start = Instant::now();
-        let mut seen = Vec::new();
-        while !seen.contains(&ASYMMETRIC_ACCESS_STATE_CHANGED) {
-            assert!(
-                start.elapsed() < UA_DEADLINE,
-                "node {node}: no ASYMMETRIC ACCESS STATE CHANGED within {UA_DEADLINE:?} (saw {seen:x?})"
-            );
-            seen.extend(drain_unit_attentions(s));
-            if seen.is_empty() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        eprintln!("{test}: node {node}: {seen:x?} after {:?}", start.elapsed());
-        assert_eq!(
-            seen.iter()
-                .filter(|x| **x == ASYMMETRIC_ACCESS_STATE_CHANGED)
-                .count(),
-            1,
-            "node {node}: reported once"
-        );
+        hears_the_change_once(test, s, node);
         let (t, _, _) = fetch(s, PIECE);
         assert_matches(&t, &resized, RESIZED_BYTES / BLOCK, node);
+    }
+
+    // Pages moved: the same unit attention, and a fresh fetch shows the new owners.
+    let to = if resized.primaries[0] == 3 { 2 } else { 3 };
+    lab.client(&[
+        "routing",
+        "move",
+        "lv",
+        "--pages",
+        "0-9",
+        "--to",
+        &to.to_string(),
+    ]);
+    let moved = lab.routing_show();
+    assert!(moved.epoch > resized.epoch);
+    assert!(
+        moved.primaries[..10].iter().all(|&p| p == to),
+        "pages 0-9 on node {to}: {moved:?}"
+    );
+    for (i, s) in sessions.iter_mut().enumerate() {
+        let node = i as u32 + 1;
+        hears_the_change_once(test, s, node);
+        let (t, _, _) = fetch(s, PIECE);
+        assert_matches(&t, &moved, RESIZED_BYTES / BLOCK, node);
     }
     lab.mosaic.assert_alive("after the routing-table fetches");
     for s in sessions {
