@@ -694,9 +694,21 @@ async fn status(State(a): State<Arc<Admin>>) -> ApiResult<Json<Value>> {
             "sessions": g.registry.len(),
         })
     });
+    let groups: Vec<Value> = a
+        .portals
+        .groups()
+        .into_iter()
+        .map(|(g, addrs)| {
+            json!({
+                "group": g,
+                "portals": addrs.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "epoch": t.epoch().0,
         "io_mode": a.first().service.io_mode().to_string(),
+        "mpio_groups": groups,
         "volumes": t.volumes().len(),
         "nodes": nodes,
         "group_portal": group,

@@ -366,6 +366,25 @@ impl AdminClient {
             }
         }
         out.push_str(&table(&rows));
+        let groups = v["mpio_groups"].as_array().cloned().unwrap_or_default();
+        if !groups.is_empty() {
+            out.push('\n');
+            let mut rows = vec![["MPIO GROUP", "NICS", "PORTALS"].map(String::from).to_vec()];
+            for g in &groups {
+                let portals: Vec<&str> = g["portals"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                rows.push(vec![
+                    text(g, "group").to_string(),
+                    portals.len().to_string(),
+                    portals.join(" "),
+                ]);
+            }
+            out.push_str(&table(&rows));
+        }
         if let Some(g) = v["group_portal"].as_object() {
             let _ = writeln!(
                 out,

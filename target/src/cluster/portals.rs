@@ -137,6 +137,18 @@ impl PortalLoad {
             .collect()
     }
 
+    /// Each MPIO group with the portals its live connections use, by group name.
+    pub fn groups(&self) -> Vec<(String, Vec<SocketAddr>)> {
+        let mut v: Vec<_> = self
+            .groups
+            .lock()
+            .iter()
+            .map(|(g, a)| (g.clone(), a.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// A connection of MPIO group `group` is live on `addr` (the node portal it
     /// logged in at). The redirect that sent it there already counted it.
     pub fn join_group(self: &Arc<Self>, group: &str, addr: SocketAddr) -> GroupGuard {
