@@ -91,6 +91,8 @@ struct Shared {
     st: Mutex<State>,
     /// Signalled when MaxCmdSN moves or the connection dies.
     window: Notify,
+    /// Times a command waited for the CmdSN window to open.
+    window_waits: std::sync::atomic::AtomicU64,
 }
 
 /// A logged-in connection. Dropping it stops its tasks and closes the socket.
@@ -167,6 +169,7 @@ impl Conn {
                 events: Vec::new(),
             }),
             window: Notify::new(),
+            window_waits: std::sync::atomic::AtomicU64::new(0),
         });
         let reader = tokio::spawn(read_loop(shared.clone(), read, l.rx));
         let keepalive = (!timers.nop_interval.is_zero())
@@ -192,6 +195,13 @@ impl Conn {
     /// The session handle the target assigned.
     pub fn tsih(&self) -> u16 {
         self.tsih
+    }
+
+    /// Times a command had to wait for the target's CmdSN window.
+    pub fn window_waits(&self) -> u64 {
+        self.shared
+            .window_waits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Why the connection is dead, if it is.
@@ -543,7 +553,10 @@ impl Shared {
                         let pdu = f(sn, exp);
                         return self.write_locked(&mut w, &pdu).await;
                     }
-                    Some(None) => {}
+                    Some(None) => {
+                        self.window_waits
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

@@ -107,6 +107,11 @@ impl Session {
         self.reconnects.load(Ordering::Relaxed)
     }
 
+    /// Times a command on the current connection waited for the CmdSN window.
+    pub fn window_waits(&self) -> u64 {
+        self.conn.read().window_waits()
+    }
+
     /// Why the current connection is dead, if it is (the next command reconnects).
     pub fn connection_dead(&self) -> Option<String> {
         self.conn.read().dead()

@@ -97,9 +97,19 @@ async fn pipelined_roundtrip(s: &Arc<Session>, n: u64, blocks: u32, round: u64) 
     }
 }
 
+/// The target's CmdSN window in the I/O test: far fewer than the commands the
+/// test keeps in flight.
+const SMALL_WINDOW: &str = "[limits]\nqueue_depth = 4\n";
+
 #[test]
 fn login_io_digests_window_reconnect_and_logout() {
-    let server = Mosaic::start(&[Volume::memory("dsm", "64M")]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = dir.path().join("window.toml");
+    std::fs::write(&conf, SMALL_WINDOW).expect("write config");
+    let server = Mosaic::start_with(
+        &[Volume::memory("dsm", "64M")],
+        &["--config", conf.to_str().expect("utf-8")],
+    );
     let rt = runtime();
     rt.block_on(async {
         // Plain login; the first command may report the new nexus's unit
@@ -123,10 +133,17 @@ fn login_io_digests_window_reconnect_and_logout() {
         if !external() {
             assert_eq!(blocks, 64 << 20 >> 9);
         }
-        // 64 commands of 64 KiB in flight: more than the CmdSN window, so
-        // commands wait for it; 64 KiB is past FirstBurstLength with
+        // 64 commands of 64 KiB in flight against a CmdSN window of 4: commands
+        // wait for it (a command outside the window would be dropped by the
+        // target and time out); 64 KiB is past FirstBurstLength with
         // ImmediateData and InitialR2T=No (unsolicited Data-Out, then R2T).
         pipelined_roundtrip(&s, 64, 128, 1).await;
+        if !external() {
+            assert!(
+                s.window_waits() > 0,
+                "64 commands in flight against a window of 4 never waited"
+            );
+        }
         // Bigger than MaxBurstLength: several R2Ts per command.
         pipelined_roundtrip(&s, 4, 2048, 2).await;
         s.ping().await.expect("ping");
