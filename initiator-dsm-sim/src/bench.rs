@@ -95,6 +95,9 @@ async fn progress(label: String, live: Arc<Live>, stop: Arc<AtomicBool>) {
     let mut last = (0u64, 0u64, Instant::now());
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let ios = live.ios.load(Ordering::Relaxed);
         let bytes = live.bytes.load(Ordering::Relaxed);
         let dt = last.2.elapsed().as_secs_f64().max(1e-9);
