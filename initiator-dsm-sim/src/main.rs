@@ -142,6 +142,13 @@ struct BenchArgs {
     /// Move a random page to another node this often during each run (needs --admin).
     #[arg(long, value_parser = parse_duration)]
     churn: Option<Duration>,
+    /// Use these portals as the paths instead of SendTargets (repeatable; then
+    /// --target is the full target name).
+    #[arg(long)]
+    path: Vec<SocketAddr>,
+    /// Try a failed path again after this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    path_retry: Duration,
     /// Use at most this many paths (0: all).
     #[arg(long, default_value_t = 0)]
     max_paths: usize,
@@ -219,6 +226,8 @@ fn bench_config(a: &BenchArgs) -> Result<BenchConfig, String> {
             policy: policies[0],
             repeat_count: a.rr_min_io,
             max_paths: a.max_paths,
+            portals: a.path.clone(),
+            path_retry: a.path_retry,
         },
         policies,
         workload: Workload {

@@ -13,9 +13,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mosaic_routing::wire::{self, Assembler, Progress, WireTable};
@@ -53,6 +53,34 @@ pub struct MpioConfig {
     pub repeat_count: u32,
     /// At most this many paths (0: all).
     pub max_paths: usize,
+    /// Use these portals instead of asking SendTargets (then `target` must be
+    /// the full target name).
+    pub portals: Vec<SocketAddr>,
+    /// A failed path is tried again after this long (as multipathd's checker
+    /// reinstates paths).
+    pub path_retry: Duration,
+}
+
+impl MpioConfig {
+    /// Discovery at `portal`, every path, the given policy, a 5 s path retry.
+    pub fn new(
+        portal: SocketAddr,
+        target: &str,
+        session: SessionConfig,
+        policy: Policy,
+    ) -> MpioConfig {
+        MpioConfig {
+            portal,
+            target: target.to_string(),
+            session,
+            group: format!("mosaic-dsm-{}:{target}", std::process::id()),
+            policy,
+            repeat_count: 1,
+            max_paths: 0,
+            portals: Vec::new(),
+            path_retry: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Counters of one path.
@@ -74,13 +102,15 @@ pub struct Path {
     pub device_id: DeviceId,
     pub session: Session,
     pub counters: PathCounters,
-    failed: AtomicBool,
+    /// When the path failed (ns on the disk's clock, plus one); 0 while healthy.
+    failed_at: AtomicU64,
 }
 
 impl Path {
-    /// Whether the path is out of use after an unrecoverable error.
+    /// Whether the path is marked failed (it is still tried again after the
+    /// retry interval).
     pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
+        self.failed_at.load(Ordering::Relaxed) != 0
     }
 }
 
@@ -134,6 +164,7 @@ pub struct MpioDisk {
     counters: DiskCounters,
     clock: Instant,
     target: String,
+    path_retry_ns: u64,
 }
 
 fn find_target<'a>(targets: &'a [discovery::Target], want: &str) -> Result<&'a discovery::Target> {
@@ -155,9 +186,20 @@ impl MpioDisk {
     /// same logical unit identity, and fetches the routing table if the target
     /// serves one.
     pub async fn open(cfg: &MpioConfig) -> Result<MpioDisk> {
-        let targets =
-            discovery::send_targets(cfg.portal, &cfg.session.login, cfg.session.timers).await?;
-        let target = find_target(&targets, &cfg.target)?.clone();
+        let target = if cfg.portals.is_empty() {
+            let targets =
+                discovery::send_targets(cfg.portal, &cfg.session.login, cfg.session.timers).await?;
+            find_target(&targets, &cfg.target)?.clone()
+        } else {
+            discovery::Target {
+                name: cfg.target.clone(),
+                portals: cfg
+                    .portals
+                    .iter()
+                    .map(|a| Portal { addr: *a, tpgt: 1 })
+                    .collect(),
+            }
+        };
         let mut portals = target.portals.clone();
         portals.sort();
         portals.dedup();
@@ -223,7 +265,7 @@ impl MpioDisk {
                 device_id: id,
                 session,
                 counters: PathCounters::default(),
-                failed: AtomicBool::new(false),
+                failed_at: AtomicU64::new(0),
             }));
         }
         let (blocks, block_size) = paths[0].session.capacity().await?;
@@ -241,6 +283,7 @@ impl MpioDisk {
             counters: DiskCounters::default(),
             clock: Instant::now(),
             target: target.name,
+            path_retry_ns: cfg.path_retry.as_nanos() as u64,
         };
         match disk.fetch_table(0).await {
             Ok(()) => {}
@@ -336,6 +379,12 @@ impl MpioDisk {
         }
     }
 
+    /// A path is used unless it failed less than the retry interval ago.
+    fn usable(&self, p: &Path, now: u64) -> bool {
+        let at = p.failed_at.load(Ordering::Relaxed);
+        at == 0 || now.saturating_sub(at - 1) >= self.path_retry_ns
+    }
+
     fn now_ns(&self) -> u64 {
         self.clock.elapsed().as_nanos() as u64
     }
@@ -348,7 +397,8 @@ impl MpioDisk {
             return Ok(());
         }
         let mut last = Error::NoPath("no working path to fetch the routing table".into());
-        for path in self.paths.iter().filter(|p| !p.failed()) {
+        let now = self.now_ns();
+        for path in self.paths.iter().filter(|p| self.usable(p, now)) {
             match read_table(&path.session).await {
                 Ok(t) => {
                     self.install_table(t);
@@ -500,12 +550,17 @@ impl MpioDisk {
 
     /// The paths a piece may go to.
     fn candidates(&self, lba: u64, table: Option<&WireTable>) -> Vec<usize> {
-        let alive: Vec<usize> = self
+        let now = self.now_ns();
+        let mut alive: Vec<usize> = self
             .paths
             .iter()
-            .filter(|p| !p.failed())
+            .filter(|p| self.usable(p, now))
             .map(|p| p.index)
             .collect();
+        if alive.is_empty() {
+            // Every path failed recently: try them all rather than give up.
+            alive = (0..self.paths.len()).collect();
+        }
         if !self.policy().routing_aware() {
             return alive;
         }
@@ -558,6 +613,7 @@ impl MpioDisk {
                             o.data.len()
                         )));
                     }
+                    p.failed_at.store(0, Ordering::Relaxed);
                     let node = self.path_node(path);
                     let owned = table
                         .as_deref()
@@ -593,7 +649,7 @@ impl MpioDisk {
                 }
                 Err(e) if e.is_connection_loss() || matches!(e, Error::SessionClosed) => {
                     tracing::warn!(portal = %p.portal.addr, error = %e, "path failed");
-                    p.failed.store(true, Ordering::Relaxed);
+                    p.failed_at.store(self.now_ns() + 1, Ordering::Relaxed);
                     self.counters.path_failures.fetch_add(1, Ordering::Relaxed);
                     last = e;
                 }

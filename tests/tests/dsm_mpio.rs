@@ -4,7 +4,9 @@
 //! owner's paths (round-robin does not), a volume resize raises the unit attention
 //! 2Ah/06h on every nexus and the disk fetches the table again and goes on, page
 //! moves through the admin endpoint send the pages' I/O to their new owners, and
-//! every block reads back as written throughout.
+//! every block reads back as written throughout. A second test puts two paths to
+//! one `mosaic serve` behind relays, takes one down (its I/O fails over) and
+//! brings it back (it is reinstated after the retry interval).
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
@@ -16,7 +18,10 @@ use mosaic_dsm::login::LoginConfig;
 use mosaic_dsm::mpio::{MpioConfig, MpioDisk};
 use mosaic_dsm::selector::{Policy, SelectorKind};
 use mosaic_dsm::session::SessionConfig;
-use mosaic_tests::server::{mosaic_bin, Mosaic};
+use mosaic_tests::server::{mosaic_bin, Mosaic, Volume};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NODES: u32 = 3;
 const NICS: u8 = 2;
@@ -106,17 +111,15 @@ fn multipath_routing_aware_on_the_lab_cluster() {
             nop_interval: Duration::from_secs(5),
             nop_timeout: Duration::from_secs(10),
         };
-        let cfg = MpioConfig {
-            portal: group,
-            target: "lv".into(),
+        let mut cfg = MpioConfig::new(
+            group,
+            "lv",
             session,
-            group: "dsm-test:lv".into(),
-            policy: Policy::RoutingAware {
+            Policy::RoutingAware {
                 fallback: SelectorKind::QueueLength,
             },
-            repeat_count: 1,
-            max_paths: 0,
-        };
+        );
+        cfg.group = "dsm-test:lv".into();
         let disk = MpioDisk::open(&cfg).await.expect("open the multipath disk");
         assert_eq!(disk.paths().len(), (NODES * u32::from(NICS)) as usize);
         let mut nodes: Vec<u32> = (0..disk.paths().len())
@@ -208,4 +211,138 @@ fn multipath_routing_aware_on_the_lab_cluster() {
         disk.close().await;
     });
     drop(lab);
+}
+
+/// A TCP relay to `to` with an off switch: while off, it closes the connections
+/// it carries at their next byte and refuses new ones (a path whose link is down).
+async fn switchable_proxy(to: SocketAddr, down: Arc<AtomicBool>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let addr = l.local_addr().expect("proxy address");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            if down.load(Ordering::SeqCst) {
+                drop(client);
+                continue;
+            }
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            fn relay(
+                mut r: tokio::net::tcp::OwnedReadHalf,
+                mut w: tokio::net::tcp::OwnedWriteHalf,
+                down: Arc<AtomicBool>,
+            ) {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match r.read(&mut buf).await {
+                            Ok(n) if n > 0 && !down.load(Ordering::SeqCst) => {
+                                if w.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            _ => {
+                                let _ = w.shutdown().await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            relay(cr, sw, down.clone());
+            relay(sr, cw, down.clone());
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_failed_path_is_avoided_then_reinstated() {
+    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+        return;
+    }
+    let server = Mosaic::start(&[Volume::memory("fo", "16M")]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let a_down = Arc::new(AtomicBool::new(false));
+        let a = switchable_proxy(server.addr(), a_down.clone()).await;
+        let b = switchable_proxy(server.addr(), Arc::new(AtomicBool::new(false))).await;
+        let mut session = SessionConfig::new(LoginConfig::normal("unused"));
+        session.reconnect_attempts = 1;
+        session.reconnect_delay = Duration::from_millis(50);
+        session.timers = ConnTimers {
+            command_timeout: Duration::from_secs(20),
+            nop_interval: Duration::from_secs(5),
+            nop_timeout: Duration::from_secs(5),
+        };
+        let mut cfg = MpioConfig::new(
+            server.addr(),
+            &server.iqn("fo"),
+            session,
+            Policy::Classic(SelectorKind::RoundRobin),
+        );
+        cfg.portals = vec![a, b];
+        cfg.path_retry = Duration::from_millis(300);
+        let disk = MpioDisk::open(&cfg)
+            .await
+            .expect("open through two proxies");
+        assert_eq!(disk.paths().len(), 2, "two paths, one logical unit");
+        let bs = disk.block_size();
+        let cycle = |generation: u64| {
+            let disk = &disk;
+            async move {
+                for i in 0..8u64 {
+                    let lba = i * 64;
+                    disk.write(lba, block(lba, generation, 16, bs))
+                        .await
+                        .unwrap_or_else(|e| panic!("write at {lba}: {e}"));
+                    let got = disk.read(lba, 16).await.expect("read");
+                    assert!(got == block(lba, generation, 16, bs), "LBA {lba} differs");
+                }
+            }
+        };
+        cycle(1).await;
+        // Paths are ordered by portal: find A's.
+        let pa = disk
+            .paths()
+            .iter()
+            .position(|p| p.portal.addr == a)
+            .expect("path through A");
+        let pb = 1 - pa;
+        let ios = |p: usize| disk.stats().per_path[p].2;
+        assert!(ios(pa) > 0 && ios(pb) > 0, "round-robin uses both paths");
+
+        // Path A's link goes down: its I/O fails over to B, nothing is lost.
+        a_down.store(true, Ordering::SeqCst);
+        cycle(2).await;
+        let st = disk.stats();
+        assert!(st.path_failures >= 1, "{st:?}");
+        assert!(disk.paths()[pa].failed());
+        assert!(!disk.paths()[pb].failed());
+        assert_eq!(st.per_path.len(), 2);
+
+        // Back up: after the retry interval the path is tried, logs in again and
+        // carries I/O.
+        a_down.store(false, Ordering::SeqCst);
+        let before = ios(pa);
+        let limit = std::time::Instant::now() + Duration::from_secs(30);
+        let mut generation = 3;
+        while ios(pa) == before {
+            assert!(std::time::Instant::now() < limit, "path A never came back");
+            cycle(generation).await;
+            generation += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!disk.paths()[pa].failed());
+        assert!(disk.paths()[pa].session.reconnects() >= 1);
+        disk.close().await;
+    });
 }
