@@ -33,13 +33,17 @@
 //!   keeps one per interface; a reinstated session always does) hears of the loss
 //!   on its next command. At most [`MAX_IDLE_UA_NEXUSES`] lost nexuses keep
 //!   conditions; the oldest go first.
+//! - In a cluster the persistent reservation state is the coordinator's
+//!   ([`crate::cluster::pr`]): PERSISTENT RESERVE OUT runs on the stored state and
+//!   writes it back with compare-and-set; the device installs every state the key
+//!   takes, and checks conflicts against it.
 //! - APTPL: with an APTPL file ([`Device::with_aptpl_file`]) registrations and the
 //!   reservation are written (temp file, fsync, rename, fsync of the directory)
 //!   before PERSISTENT RESERVE OUT returns GOOD while APTPL is active, and loaded at
 //!   start; the file is removed when APTPL is turned off. Without one, APTPL = 1 is
 //!   refused (PTPL_C = 0).
-//! - PREEMPT AND ABORT preempts like PREEMPT; aborting the preempted nexuses' tasks
-//!   needs the connection's task table, which the device cannot reach: it is logged.
+//! - PREEMPT AND ABORT preempts like PREEMPT and aborts the preempted nexuses' tasks
+//!   through the [`TaskAborter`] the server gives every device it exports.
 //! - EXTENDED COPY reads and writes through the logical units' own READ(16) and
 //!   WRITE(16), so range locks, write protection and WCE apply as for the
 //!   initiator's own commands; a copy target is checked for reservation conflicts
@@ -183,6 +187,9 @@ pub struct Device {
     /// Aborts the tasks of the given initiators' sessions to this volume (PREEMPT
     /// AND ABORT); set by the server, which owns the sessions.
     task_aborter: OnceLock<TaskAborter>,
+    /// In a cluster, the volume's reservation state in the coordinator, shared by
+    /// every node ([`crate::cluster::pr`]); unset: this device's own.
+    shared_pr: OnceLock<Arc<crate::cluster::pr::SharedPr>>,
 }
 
 /// Aborts every task of the sessions of these initiators (see
@@ -384,6 +391,7 @@ impl Device {
             single_node: OnceLock::new(),
             routing_encoding: Mutex::new(None),
             task_aborter: OnceLock::new(),
+            shared_pr: OnceLock::new(),
         }
     }
 
@@ -446,12 +454,21 @@ impl Device {
         if req.lun != LUN0 || req.cdb.is_empty() {
             return self.lu.execute(req).await;
         }
+        if let Some(shared) = self.shared_pr.get() {
+            shared.wait_ready().await;
+        }
         if let Some(answer) = self.state.lock().gate(nexus, &req) {
             return answer;
         }
         match req.cdb[0] {
             crate::pr::PERSISTENT_RESERVE_IN => self.persistent_reserve_in(&req),
-            crate::pr::PERSISTENT_RESERVE_OUT => self.persistent_reserve_out(nexus, &req),
+            crate::pr::PERSISTENT_RESERVE_OUT => match self.shared_pr.get() {
+                Some(shared) => {
+                    self.shared_persistent_reserve_out(shared, nexus, &req)
+                        .await
+                }
+                None => self.persistent_reserve_out(nexus, &req),
+            },
             op::RESERVE_6 | op::RESERVE_10 => self.reserve(nexus, &req),
             op::RELEASE_6 | op::RELEASE_10 => self.release(nexus, &req),
             xcopy::EXTENDED_COPY => self.extended_copy(nexus, &req).await,
@@ -662,6 +679,92 @@ impl Device {
             }
         }
         good(Vec::new(), param_len)
+    }
+
+    /// PERSISTENT RESERVE OUT on a volume whose reservations the cluster shares
+    /// ([`crate::cluster::pr`]): the service action runs on the coordinator's state
+    /// and is written back with compare-and-set; GOOD once this node installed it
+    /// (its unit attentions and aborts happen as every node installs it).
+    async fn shared_persistent_reserve_out(
+        &self,
+        shared: &crate::cluster::pr::SharedPr,
+        nexus: &Nexus,
+        req: &ScsiRequest,
+    ) -> ScsiResult {
+        let cdb = &req.cdb;
+        if cdb.len() < 10 {
+            return check(Sense::invalid_field_in_cdb(0, None), req.expected_len);
+        }
+        let param_len = u32::from_be_bytes([cdb[5], cdb[6], cdb[7], cdb[8]]);
+        let can_persist = self.aptpl_file.is_some();
+        let failed = |e: crate::cluster::pr::SharedPrError| {
+            tracing::error!(lu = %self.lu.config().name, error = %e, "shared PERSISTENT RESERVE OUT failed");
+            check(
+                Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE),
+                param_len,
+            )
+        };
+        for _ in 0..crate::cluster::pr::UPDATE_ATTEMPTS {
+            let (mut state, revision) = match shared.load().await {
+                Ok(l) => l,
+                Err(e) => return failed(e),
+            };
+            let fx = match state.persistent_reserve_out(nexus, cdb, &req.data_out, can_persist) {
+                Ok(fx) => fx,
+                Err(PrError::Conflict) => return conflict(req),
+                Err(PrError::Check(sense)) => return check(sense, param_len),
+            };
+            if !fx.changed && fx.unit_attentions.is_empty() && fx.abort.is_empty() {
+                return good(Vec::new(), param_len);
+            }
+            match shared.store(&state, &fx, revision).await {
+                Ok(Some(written)) => {
+                    return match shared.wait_applied(written).await {
+                        Ok(()) => good(Vec::new(), param_len),
+                        Err(e) => failed(e),
+                    };
+                }
+                Ok(None) => continue,
+                Err(e) => return failed(e),
+            }
+        }
+        failed(crate::cluster::pr::SharedPrError::Contended(
+            crate::cluster::pr::UPDATE_ATTEMPTS,
+        ))
+    }
+
+    /// Shares this device's reservations through the cluster (set once, by
+    /// [`crate::cluster::pr::attach`]).
+    pub(crate) fn set_shared_pr(&self, shared: Arc<crate::cluster::pr::SharedPr>) {
+        let _ = self.shared_pr.set(shared);
+    }
+
+    /// The reservation state this device holds now.
+    pub fn local_pr_state(&self) -> PrState {
+        self.state.lock().pr.clone()
+    }
+
+    /// Installs a reservation state the cluster agreed on: conflict checks use it
+    /// from now on; its unit attentions are established for this device's nexuses,
+    /// its PREEMPT AND ABORT reaches this node's sessions, and with APTPL active (or
+    /// just turned off) it is written to (or removed from) this node's APTPL file.
+    pub(crate) fn install_shared_pr(&self, change: crate::cluster::pr::Change) {
+        let mut st = self.state.lock();
+        let before = std::mem::replace(&mut st.pr, change.state);
+        if st.pr != before && (st.pr.aptpl || before.aptpl) {
+            if let Err(e) = self.save(&st.pr) {
+                tracing::error!(lu = %self.lu.config().name, error = %e, "persisting shared reservations failed");
+            }
+        }
+        for (who, asc) in &change.unit_attentions {
+            st.raise_for(who, *asc);
+        }
+        drop(st);
+        if !change.abort.is_empty() {
+            if let Some(abort) = self.task_aborter.get() {
+                (abort.0)(&change.abort);
+            }
+        }
     }
 
     /// Writes the state to the APTPL file, or removes the file when APTPL is off.

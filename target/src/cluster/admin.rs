@@ -568,6 +568,8 @@ async fn delete_volume(
         .ok_or_else(|| ApiError::unknown_volume(&name))?;
     a.first().state.update(|t| Ok(t.delete_volume(id)?)).await?;
     delete_options(a.coord.as_ref(), &name).await?;
+    // A later volume of the same name starts without reservations.
+    super::pr::forget(a.coord.as_ref(), &name).await?;
     info!(volume = %name, "volume deleted");
     a.wait_nodes(id, |s| *s == VolumeStatus::Absent).await?;
     Ok(Json(json!({ "deleted": name, "id": id.0 })))

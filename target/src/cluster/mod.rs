@@ -6,6 +6,7 @@ pub mod admin_client;
 pub mod lab;
 pub mod link;
 pub mod portals;
+pub mod pr;
 pub mod state;
 pub mod store;
 pub mod view;

@@ -319,6 +319,8 @@ impl NodeVolumes {
         // RTPG and READ ROUTING TABLE answer from the cluster's table; routing
         // changes raise ASYMMETRIC ACCESS STATE CHANGED on the device's nexuses.
         super::view::attach(&export.device, p.state.clone(), id, p.node);
+        // Reservations are the cluster's: every node follows the volume's key.
+        super::pr::attach(&export.device, p.coord.clone(), &v.name);
         Ok(export)
     }
 

@@ -1,0 +1,232 @@
+//! Persistent reservations shared by the nodes of a lab cluster (`mosaic lab`): the
+//! state lives in the coordinator (`/mosaic/pr/<volume>`) and every node follows it.
+//!
+//! - A reservation taken through node 1 is enforced at node 2: a write there gets
+//!   RESERVATION CONFLICT, a read is allowed (Write Exclusive), PERSISTENT RESERVE
+//!   IN at node 2 reports node 1's key and reservation; a PREEMPT through node 2
+//!   reaches the initiator at node 1 (REGISTRATIONS PREEMPTED, then conflicts).
+//! - libiscsi's persistent reservation suites (`iscsi-test-cu --dataloss`, both
+//!   initiator names) with the first URL on node 1 and the second on node 2: no
+//!   failure, no skip.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use mosaic_tests::cunit::{self, Verdict};
+use mosaic_tests::initiator::{LoginOptions, Session, CHECK_CONDITION, GOOD};
+use mosaic_tests::server::Mosaic;
+use mosaic_tests::tools;
+
+const NODES: u32 = 3;
+const NICS: u8 = 2;
+const IQN: &str = "iqn.2026-11.io.mosaic:prv";
+const INIT1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
+const INIT2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
+const RESERVATION_CONFLICT: u8 = 0x18;
+const WRITE_EXCLUSIVE: u8 = 0x01;
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+fn start_lab() -> (Mosaic, u16) {
+    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+        panic!("needs a lab of its own");
+    }
+    let port = mosaic_tests::server::lab_port(NODES, NICS);
+    let group: SocketAddr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free group port");
+    let args: Vec<String> = [
+        "lab",
+        "--port",
+        &port.to_string(),
+        "--group-portal",
+        &group.to_string(),
+        "--data-dir",
+        "data",
+        "--volume",
+        "name=prv,size=64M,backing=memory",
+        "--log",
+        "info",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let lab =
+        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
+    (lab, port)
+}
+
+/// Node `n`'s first NIC portal.
+fn node(n: u8, port: u16) -> SocketAddr {
+    ([127, 0, n, 1], port).into()
+}
+
+fn login(at: SocketAddr, name: &str) -> Session {
+    let mut o = LoginOptions::new(IQN);
+    o.initiator_name = name.to_string();
+    let mut s = Session::login(at, &o).expect("login");
+    s.lun = 0;
+    // Whatever unit attention a fresh nexus has, take it now.
+    for _ in 0..4 {
+        if s.test_unit_ready().expect("TEST UNIT READY").status == GOOD {
+            break;
+        }
+    }
+    s
+}
+
+fn prout(s: &mut Session, sa: u8, ptype: u8, key: u64, sa_key: u64) -> u8 {
+    let mut p = [0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    s.command(&[0x5f, sa, ptype, 0, 0, 0, 0, 0, 24, 0], &p, 0)
+        .expect("PERSISTENT RESERVE OUT")
+        .status
+}
+
+fn write_status(s: &mut Session) -> u8 {
+    s.command(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0x5a; 512], 0)
+        .expect("WRITE(10)")
+        .status
+}
+
+fn read_status(s: &mut Session) -> u8 {
+    s.command(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[], 512)
+        .expect("READ(10)")
+        .status
+}
+
+#[test]
+fn a_reservation_through_node_1_conflicts_a_write_through_node_2() {
+    let (mut lab, port) = start_lab();
+    let mut a = login(node(1, port), "iqn.2026-11.io.mosaic:tests-a");
+    let mut b = login(node(2, port), "iqn.2026-11.io.mosaic:tests-b");
+    const KEY_A: u64 = 0xaaaa;
+    const KEY_B: u64 = 0xbbbb;
+    assert_eq!(write_status(&mut b), GOOD, "no reservation yet");
+    // a registers and reserves Write Exclusive through node 1.
+    assert_eq!(
+        prout(&mut a, 0x00, 0, 0, KEY_A),
+        GOOD,
+        "REGISTER via node 1"
+    );
+    assert_eq!(
+        prout(&mut a, 0x01, WRITE_EXCLUSIVE, KEY_A, 0),
+        GOOD,
+        "RESERVE via node 1"
+    );
+    // Node 2 enforces it (PROUT completes once node 1 installed it; node 2 follows
+    // by watch: allow it a moment, bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while write_status(&mut b) != RESERVATION_CONFLICT {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a write through node 2 is still allowed 10 s after node 1's RESERVE:\n{}",
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        read_status(&mut b),
+        GOOD,
+        "Write Exclusive lets others read"
+    );
+    assert_eq!(write_status(&mut a), GOOD, "the holder writes");
+    // PERSISTENT RESERVE IN at node 2 sees node 1's key and reservation.
+    let keys = b
+        .command(&[0x5e, 0x00, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64)
+        .expect("READ KEYS")
+        .data;
+    assert_eq!(
+        u32::from_be_bytes(keys[4..8].try_into().unwrap()),
+        8,
+        "one key"
+    );
+    assert_eq!(u64::from_be_bytes(keys[8..16].try_into().unwrap()), KEY_A);
+    let res = b
+        .command(&[0x5e, 0x01, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64)
+        .expect("READ RESERVATION")
+        .data;
+    assert_eq!(u64::from_be_bytes(res[8..16].try_into().unwrap()), KEY_A);
+    assert_eq!(res[21] & 0x0f, WRITE_EXCLUSIVE);
+    // b registers through node 2 and preempts a: a hears of it at node 1.
+    assert_eq!(
+        prout(&mut b, 0x00, 0, 0, KEY_B),
+        GOOD,
+        "REGISTER via node 2"
+    );
+    assert_eq!(
+        prout(&mut b, 0x04, WRITE_EXCLUSIVE, KEY_B, KEY_A),
+        GOOD,
+        "PREEMPT via node 2"
+    );
+    let r = a.test_unit_ready().expect("TEST UNIT READY");
+    let mut seen = r.sense_key();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r.status == GOOD && seen.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no unit attention at node 1"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let r = a.test_unit_ready().expect("TEST UNIT READY");
+        if r.status == CHECK_CONDITION {
+            seen = r.sense_key();
+            break;
+        }
+    }
+    assert_eq!(seen, Some((0x06, 0x2a, 0x05)), "REGISTRATIONS PREEMPTED");
+    assert_eq!(
+        write_status(&mut a),
+        RESERVATION_CONFLICT,
+        "a was preempted"
+    );
+    assert_eq!(write_status(&mut b), GOOD, "b holds it now");
+    lab.assert_alive("after reservations through two nodes");
+}
+
+#[test]
+fn libiscsi_reservation_suites_pass_with_urls_on_two_nodes() {
+    let test = "libiscsi_reservation_suites_pass_with_urls_on_two_nodes";
+    let Some(cu) = tools::require(test, "iscsi-test-cu", "libiscsi-bin") else {
+        return;
+    };
+    let (mut lab, port) = start_lab();
+    let url1 = format!("iscsi://{}/{IQN}/0", node(1, port));
+    let url2 = format!("iscsi://{}/{IQN}/0", node(2, port));
+    let suites = [
+        "SCSI.PrinReadKeys",
+        "SCSI.PrinServiceactionRange",
+        "SCSI.PrinReportCapabilities",
+        "SCSI.ProutRegister",
+        "SCSI.ProutReserve",
+        "SCSI.ProutClear",
+        "SCSI.ProutPreempt",
+    ]
+    .join(",");
+    let out = tools::run(
+        Command::new(&cu)
+            .args(["--dataloss", "-i", INIT1, "-I", INIT2, "-t", &suites])
+            .args([&url1, &url2]),
+        RUN_LIMIT,
+    );
+    let report = cunit::parse(&out.stdout);
+    eprintln!("{test}: {}", report.counts());
+    assert!(!out.timed_out, "{test}: timed out\n{}", out.tail(40));
+    assert!(
+        report.with(Verdict::Failed).is_empty() && report.with(Verdict::NoVerdict).is_empty(),
+        "{test}: failures\n{}",
+        report.describe_failures()
+    );
+    assert!(
+        report.with(Verdict::Skipped).is_empty(),
+        "{test}: skipped (not implemented?)\n{}",
+        out.tail(40)
+    );
+    assert!(
+        report.with(Verdict::Passed).len() >= 14,
+        "{test}: too few tests ran: {}",
+        report.counts()
+    );
+    lab.assert_alive("after libiscsi's reservation suites");
+}
