@@ -8,6 +8,10 @@
 //! - libiscsi's persistent reservation suites (`iscsi-test-cu --dataloss`, both
 //!   initiator names) with the first URL on node 1 and the second on node 2: no
 //!   failure, no skip.
+//! - APTPL: a registration and reservation made with APTPL = 1 through node 1 are
+//!   there again, at another node, after the whole lab restarts on its data
+//!   directory (each node keeps an APTPL file; the first to open the volume seeds
+//!   the coordinator's key, which the embedded coordinator does not keep).
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
@@ -28,9 +32,11 @@ const WRITE_EXCLUSIVE: u8 = 0x01;
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
 fn start_lab() -> (Mosaic, u16) {
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
-        panic!("needs a lab of its own");
-    }
+    start_lab_on("data", "backing=memory")
+}
+
+/// A lab with the volume `prv` on `backing`, its data under `data_dir`.
+fn start_lab_on(data_dir: &str, backing: &str) -> (Mosaic, u16) {
     let port = mosaic_tests::server::lab_port(NODES, NICS);
     let group: SocketAddr = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -42,9 +48,9 @@ fn start_lab() -> (Mosaic, u16) {
         "--group-portal",
         &group.to_string(),
         "--data-dir",
-        "data",
+        data_dir,
         "--volume",
-        "name=prv,size=64M,backing=memory",
+        &format!("name=prv,size=64M,{backing}"),
         "--log",
         "info",
     ]
@@ -229,4 +235,41 @@ fn libiscsi_reservation_suites_pass_with_urls_on_two_nodes() {
         report.counts()
     );
     lab.assert_alive("after libiscsi's reservation suites");
+}
+
+#[test]
+fn aptpl_reservations_survive_a_restart_of_the_lab() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let dir = data.path().to_str().expect("utf-8 path").to_string();
+    const KEY: u64 = 0x00c0_ffee_0000_0002;
+    let holder = "iqn.2026-11.io.mosaic:tests-holder";
+    let (mut lab, port) = start_lab_on(&dir, "backing=file");
+    let mut a = login(node(1, port), holder);
+    // REGISTER AND IGNORE EXISTING KEY with APTPL = 1, then RESERVE Write Exclusive.
+    let mut p = [0u8; 24];
+    p[8..16].copy_from_slice(&KEY.to_be_bytes());
+    p[20] = 0x01;
+    let r = a
+        .command(&[0x5f, 0x06, 0, 0, 0, 0, 0, 0, 24, 0], &p, 0)
+        .expect("PROUT");
+    assert_eq!(r.status, GOOD, "APTPL registration: {:x?}", r.sense_key());
+    assert_eq!(prout(&mut a, 0x01, WRITE_EXCLUSIVE, KEY, 0), GOOD);
+    a.logout().expect("logout");
+    assert!(lab.stop(), "the lab stops on SIGTERM");
+    drop(lab);
+
+    let (mut lab, port) = start_lab_on(&dir, "backing=file");
+    let mut b = login(node(3, port), "iqn.2026-11.io.mosaic:tests-other");
+    let keys = b
+        .command(&[0x5e, 0x00, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64)
+        .expect("READ KEYS")
+        .data;
+    assert_eq!(
+        u32::from_be_bytes(keys[4..8].try_into().unwrap()),
+        8,
+        "one key"
+    );
+    assert_eq!(u64::from_be_bytes(keys[8..16].try_into().unwrap()), KEY);
+    assert_eq!(write_status(&mut b), RESERVATION_CONFLICT, "still reserved");
+    lab.assert_alive("after the restart");
 }
