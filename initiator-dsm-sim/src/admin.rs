@@ -109,6 +109,9 @@ pub struct TargetCounters {
     pub local: f64,
     /// Pieces the receiving node forwarded to the owner.
     pub forwarded: f64,
+    /// Reads of a page owned elsewhere answered by the owner through the receiving
+    /// node (`--io-mode short-cut`): not local either.
+    pub shortcut: f64,
 }
 
 impl TargetCounters {
@@ -117,17 +120,18 @@ impl TargetCounters {
         TargetCounters {
             local: self.local - before.local,
             forwarded: self.forwarded - before.forwarded,
+            shortcut: self.shortcut - before.shortcut,
         }
     }
 
     /// Share of pieces served locally (0..=1).
     pub fn local_share(&self) -> Option<f64> {
-        let all = self.local + self.forwarded;
+        let all = self.local + self.forwarded + self.shortcut;
         (all > 0.0).then(|| self.local / all)
     }
 }
 
-/// Reads the lab's local/forwarded piece counters.
+/// Reads the lab's local, forwarded and short-cut counters.
 pub async fn target_counters(admin: SocketAddr) -> Result<TargetCounters> {
     let (status, body) = request(admin, "GET", "/metrics", "", Duration::from_secs(10)).await?;
     if status != 200 {
@@ -141,6 +145,10 @@ pub async fn target_counters(admin: SocketAddr) -> Result<TargetCounters> {
             .unwrap_or(0.0),
         forwarded: m
             .get("mosaic_node_forwarded_pieces_total")
+            .copied()
+            .unwrap_or(0.0),
+        shortcut: m
+            .get("mosaic_node_shortcut_reads_total")
             .copied()
             .unwrap_or(0.0),
     })

@@ -297,7 +297,8 @@ mod tests {
             },
             target: Some(TargetCounters {
                 local: 3.0,
-                forwarded: 1.0,
+                forwarded: 0.5,
+                shortcut: 0.5,
             }),
             paths: 6,
         }
