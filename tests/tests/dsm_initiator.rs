@@ -1,7 +1,8 @@
 //! The async initiator of `mosaic-dsm` against the real `mosaic` binary: login with
 //! and without digests, CHAP one-way and mutual (and a wrong secret refused),
 //! discovery, pipelined reads and writes over the CmdSN window with immediate,
-//! unsolicited and R2T-solicited data, unit attentions reported to the caller, a
+//! unsolicited and R2T-solicited data, unit attentions reported to the caller, the
+//! target's NOP-In pings answered, our keepalive noticing a dead link, a
 //! dropped connection replaced by a reinstated session, and logout.
 
 use std::net::SocketAddr;
@@ -403,6 +404,40 @@ fn unanswered_pings_declare_the_connection_dead_and_the_session_comes_back() {
             .expect("read after the link died");
         assert!(got == stamp(KA_LBA, 7, 8));
         assert_eq!(s.reconnects(), 1);
+        s.logout().await.expect("logout");
+    });
+}
+
+#[test]
+fn the_targets_pings_are_answered() {
+    if external() {
+        return;
+    }
+    // The target pings after 1 s of silence and drops a connection that does not
+    // answer within 1 s; our own keepalive is off, so only its pings flow.
+    let server = Mosaic::start_with(
+        &[Volume::memory("np", "8M")],
+        &["--nop-interval", "1", "--nop-timeout", "1"],
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let mut cfg = config(&server, "np", |_| {});
+        cfg.timers.nop_interval = Duration::ZERO;
+        let s = Session::login(server.addr(), cfg).await.expect("login");
+        s.execute_past_ua(&Command::test_unit_ready(), 2)
+            .await
+            .expect("TUR");
+        // Three intervals of silence: at least two pings, each answered.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(
+            s.connection_dead(),
+            None,
+            "the target dropped the connection"
+        );
+        s.execute_past_ua(&Command::test_unit_ready(), 2)
+            .await
+            .expect("TUR after the pings");
+        assert_eq!(s.reconnects(), 0);
         s.logout().await.expect("logout");
     });
 }
