@@ -739,6 +739,7 @@ impl Conn {
                             s.abort_all();
                             if t.function == tmf_function::LOGICAL_UNIT_RESET {
                                 lu.reset(ResetKind::LogicalUnit, &s.nexus);
+                                lu.reset_peers(ResetKind::LogicalUnit).await;
                             }
                             tmf_response::COMPLETE
                         }
@@ -753,6 +754,7 @@ impl Conn {
                         // A target reset reaches every logical unit of the target.
                         for e in self.target.exports.all() {
                             e.device.reset(kind, &s.nexus);
+                            e.device.reset_peers(kind).await;
                         }
                         tmf_response::COMPLETE
                     }

@@ -526,15 +526,29 @@ impl Device {
 
     /// A reset requested on `from` took effect (see the module docs).
     pub fn reset(&self, kind: ResetKind, from: &Nexus) {
+        self.state.lock().know(from);
+        self.reset_by_peer(kind);
+    }
+
+    /// A reset received by another node of the cluster took effect on this one
+    /// (`cluster::resets`): the same as [`Device::reset`] without a nexus here.
+    pub fn reset_by_peer(&self, kind: ResetKind) {
         let asc = match kind {
             ResetKind::LogicalUnit => ua::asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED,
             ResetKind::TargetWarm => ua::asc::SCSI_BUS_RESET_OCCURRED,
             ResetKind::TargetCold => ua::asc::POWER_ON_OCCURRED,
         };
         let mut st = self.state.lock();
-        st.know(from);
         st.spc2 = None;
         st.raise_all(asc, None);
+    }
+
+    /// Tells the other nodes of the cluster of a reset taken here, and returns
+    /// once they have established it (at once for a stand-alone target).
+    pub async fn reset_peers(&self, kind: ResetKind) {
+        if let Some(c) = self.cluster.get() {
+            c.reset_peers(kind).await;
+        }
     }
 
     /// The nexus is gone (logout, connection loss, session reinstatement): the I_T

@@ -7,6 +7,7 @@ pub mod lab;
 pub mod link;
 pub mod portals;
 pub mod pr;
+pub mod resets;
 pub mod state;
 pub mod store;
 pub mod view;

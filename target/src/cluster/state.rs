@@ -91,6 +91,11 @@ impl ClusterState {
         Ok(state)
     }
 
+    /// The coordinator the state lives in.
+    pub fn coordinator(&self) -> &Arc<dyn Coordinator> {
+        &self.coord
+    }
+
     /// The current table (cheap: an `Arc` clone).
     pub fn table(&self) -> Arc<RoutingTable> {
         self.table.borrow().clone()

@@ -16,14 +16,15 @@
 use std::fmt::Debug;
 use std::sync::{Arc, Weak};
 
+use futures::future::BoxFuture;
 use mosaic_routing::{
     plan_create_volume, Node, NodeId, RoutingError, RoutingTable, Volume, VolumeId,
     DEFAULT_PAGE_SIZE,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::state::ClusterState;
-use crate::device::Device;
+use crate::device::{Device, ResetKind};
 use crate::scsi::LogicalUnit;
 use crate::ua;
 
@@ -35,6 +36,12 @@ pub trait ClusterView: Send + Sync + Debug {
     fn volume(&self) -> VolumeId;
     /// The node this device runs on.
     fn node(&self) -> NodeId;
+    /// Takes a reset received by this node to the volume's devices on the other
+    /// nodes, resolving once they have it ([`super::resets`]). Nothing to do
+    /// by default (a one-node view).
+    fn reset_peers(&self, _kind: ResetKind) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// One volume on one node of a cluster, over that node's [`ClusterState`].
@@ -65,6 +72,18 @@ impl ClusterView for VolumeView {
     }
     fn node(&self) -> NodeId {
         self.node
+    }
+    fn reset_peers(&self, kind: ResetKind) -> BoxFuture<'static, ()> {
+        let (state, volume, node) = (self.state.clone(), self.volume, self.node);
+        Box::pin(async move {
+            let table = state.table();
+            if let Err(e) =
+                super::resets::announce(state.coordinator().as_ref(), &table, volume, node, kind)
+                    .await
+            {
+                warn!(%volume, %node, ?kind, "reset not taken to every node: {e}");
+            }
+        })
     }
 }
 
@@ -150,6 +169,7 @@ pub fn affects(old: &RoutingTable, new: &RoutingTable, volume: VolumeId) -> bool
 /// the node's exports: sessions keep the device they logged in to even when the
 /// export is replaced (a resize builds a new one), and they must hear of changes
 /// too. It ends at the first change after the device is dropped, or with `state`.
+/// Resets received by other nodes reach the device too ([`super::resets::follow`]).
 /// Outside a tokio runtime only the view is attached (`None`).
 pub fn attach(
     device: &Arc<Device>,
@@ -160,9 +180,11 @@ pub fn attach(
     let mut rx = state.subscribe();
     // Taken now, not when the task first runs: a change in between must count.
     let mut seen = rx.borrow_and_update().clone();
+    let coord = state.coordinator().clone();
     device.attach_cluster(Arc::new(VolumeView::new(state, volume, node)));
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let device: Weak<Device> = Arc::downgrade(device);
+    super::resets::follow(device.clone(), coord, volume, node);
     Some(runtime.spawn(async move {
         while rx.changed().await.is_ok() {
             let next = rx.borrow_and_update().clone();

@@ -1,0 +1,390 @@
+//! Resets reach every node. Every node exports each volume as the same logical
+//! unit, so a LOGICAL UNIT RESET or a TARGET RESET received by one node must take
+//! effect on all of them, as it would on one target: every I_T nexus of the
+//! volume, whichever node it is on, gets the reset's unit attention (SAM-5 §6.3;
+//! SPC-4 §5.14: BUS DEVICE RESET FUNCTION OCCURRED, SCSI BUS RESET OCCURRED, POWER
+//! ON OCCURRED), and an SPC-2 reservation held there is released.
+//!
+//! Through the coordinator, so it works the same when nodes are processes:
+//!
+//! - the node that received the reset puts `/mosaic/resets/<volume id>`
+//!   (`{"kind": ..., "node": ...}`) and waits, bounded by [`PROPAGATION_LIMIT`],
+//!   until every other node that is not failed has put
+//!   `/mosaic/resets-applied/<volume id>/<node id>` = the revision of that put;
+//! - each node's device of the volume follows its reset key ([`follow`]): a reset
+//!   from another node is applied with [`Device::reset_by_peer`], then acknowledged.
+//!
+//! Only then does the task management response go out, so an initiator that sends
+//! its next command to another node already finds the unit attention there (the
+//! libiscsi test SCSI.MultipathIO.Reset does exactly that).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use mosaic_coord::{Coordinator, EventKind, KeyRange, Revision};
+use mosaic_routing::{NodeId, NodeState, RoutingTable, VolumeId};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use crate::device::{Device, ResetKind};
+
+/// Prefix of the keys announcing a reset, one per volume.
+pub const RESETS_PREFIX: &str = "/mosaic/resets/";
+/// Prefix of the keys where nodes acknowledge a reset they applied.
+pub const APPLIED_PREFIX: &str = "/mosaic/resets-applied/";
+/// How long the receiving node waits for its peers before answering anyway: a
+/// peer applies a reset in microseconds, so only a node that is gone takes this
+/// long (its initiators lose their sessions anyway).
+pub const PROPAGATION_LIMIT: Duration = Duration::from_secs(5);
+/// Pause before a follower watches again after its watch ended.
+const REWATCH_PAUSE: Duration = Duration::from_millis(100);
+
+/// Why announcing a reset failed.
+#[derive(Debug, Error)]
+pub enum ResetError {
+    #[error("coordinator: {0}")]
+    Coord(#[from] mosaic_coord::CoordError),
+    #[error("nodes {0:?} did not apply the reset in time")]
+    Late(Vec<u32>),
+}
+
+/// What the reset key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct ResetEvent {
+    kind: Kind,
+    /// The node that received the reset (it applied it itself).
+    node: u32,
+}
+
+/// [`ResetKind`] as it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Kind {
+    LogicalUnit,
+    TargetWarm,
+    TargetCold,
+}
+
+impl From<ResetKind> for Kind {
+    fn from(k: ResetKind) -> Kind {
+        match k {
+            ResetKind::LogicalUnit => Kind::LogicalUnit,
+            ResetKind::TargetWarm => Kind::TargetWarm,
+            ResetKind::TargetCold => Kind::TargetCold,
+        }
+    }
+}
+
+impl From<Kind> for ResetKind {
+    fn from(k: Kind) -> ResetKind {
+        match k {
+            Kind::LogicalUnit => ResetKind::LogicalUnit,
+            Kind::TargetWarm => ResetKind::TargetWarm,
+            Kind::TargetCold => ResetKind::TargetCold,
+        }
+    }
+}
+
+fn reset_key(volume: VolumeId) -> String {
+    format!("{RESETS_PREFIX}{}", volume.0)
+}
+
+fn applied_prefix(volume: VolumeId) -> String {
+    format!("{APPLIED_PREFIX}{}/", volume.0)
+}
+
+fn applied_key(volume: VolumeId, node: NodeId) -> String {
+    format!("{}{}", applied_prefix(volume), node.0)
+}
+
+/// The node an acknowledgement key names, and the revision it acknowledges.
+fn parse_ack(volume: VolumeId, key: &[u8], value: &[u8]) -> Option<(u32, Revision)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let node = key.strip_prefix(&applied_prefix(volume))?.parse().ok()?;
+    let revision = std::str::from_utf8(value).ok()?.parse().ok()?;
+    Some((node, revision))
+}
+
+/// Tells every other node of `table` that `node` received a reset of `volume`,
+/// and returns once each that is not failed has applied it (or with the nodes
+/// that did not within [`PROPAGATION_LIMIT`]).
+pub async fn announce(
+    coord: &dyn Coordinator,
+    table: &RoutingTable,
+    volume: VolumeId,
+    node: NodeId,
+    kind: ResetKind,
+) -> Result<(), ResetError> {
+    announce_within(coord, table, volume, node, kind, PROPAGATION_LIMIT).await
+}
+
+async fn announce_within(
+    coord: &dyn Coordinator,
+    table: &RoutingTable,
+    volume: VolumeId,
+    node: NodeId,
+    kind: ResetKind,
+    limit: Duration,
+) -> Result<(), ResetError> {
+    let mut waiting: HashSet<u32> = table
+        .nodes()
+        .values()
+        .filter(|n| n.id != node && n.state != NodeState::Failed)
+        .map(|n| n.id.0)
+        .collect();
+    let event = ResetEvent {
+        kind: kind.into(),
+        node: node.0,
+    };
+    let value = serde_json::to_vec(&event).expect("a reset event always serialises");
+    let put = coord
+        .put(Bytes::from(reset_key(volume)), Bytes::from(value), None)
+        .await?;
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let revision = put.revision;
+    let mut watch = coord
+        .watch(KeyRange::prefix(applied_prefix(volume)), Some(revision + 1))
+        .await?;
+    let wait = async {
+        while !waiting.is_empty() {
+            let resp = watch.recv().await?;
+            for ev in resp.events {
+                if ev.kind != EventKind::Put {
+                    continue;
+                }
+                if let Some((n, r)) = parse_ack(volume, &ev.kv.key, &ev.kv.value) {
+                    if r >= revision {
+                        waiting.remove(&n);
+                    }
+                }
+            }
+        }
+        Ok::<(), ResetError>(())
+    };
+    match tokio::time::timeout(limit, wait).await {
+        Ok(r) => r,
+        Err(_) => {
+            let mut late: Vec<u32> = waiting.into_iter().collect();
+            late.sort_unstable();
+            Err(ResetError::Late(late))
+        }
+    }
+}
+
+/// Applies to `device` (the export of `volume` on `node`) every reset another
+/// node announces from now on, and acknowledges each. Ends with the device.
+pub fn follow(
+    device: Weak<Device>,
+    coord: Arc<dyn Coordinator>,
+    volume: VolumeId,
+    node: NodeId,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let key = reset_key(volume);
+        // Resets announced before the device existed are not its business.
+        let mut start = match coord.get(KeyRange::key(key.clone())).await {
+            Ok(g) => g.revision + 1,
+            Err(e) => {
+                warn!(%volume, "reading the reset key: {e}");
+                1
+            }
+        };
+        loop {
+            if device.strong_count() == 0 {
+                return;
+            }
+            let mut watch = match coord.watch(KeyRange::key(key.clone()), Some(start)).await {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(%volume, "watching resets: {e}");
+                    tokio::time::sleep(REWATCH_PAUSE).await;
+                    continue;
+                }
+            };
+            loop {
+                let resp = match watch.recv().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        debug!(%volume, "reset watch ended: {e}");
+                        tokio::time::sleep(REWATCH_PAUSE).await;
+                        break;
+                    }
+                };
+                let Some(dev) = device.upgrade() else { return };
+                for ev in resp.events {
+                    if ev.kind != EventKind::Put {
+                        continue;
+                    }
+                    let revision = ev.revision();
+                    start = revision + 1;
+                    let event: ResetEvent = match serde_json::from_slice(&ev.kv.value) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            warn!(%volume, "ignoring a reset event: {e}");
+                            continue;
+                        }
+                    };
+                    if event.node == node.0 {
+                        continue;
+                    }
+                    debug!(%volume, %node, from = event.node, kind = ?event.kind, "reset from a peer");
+                    dev.reset_by_peer(event.kind.into());
+                    let ack = coord
+                        .put(
+                            Bytes::from(applied_key(volume, node)),
+                            Bytes::from(revision.to_string()),
+                            None,
+                        )
+                        .await;
+                    if let Err(e) = ack {
+                        warn!(%volume, "acknowledging a reset: {e}");
+                    }
+                }
+                start = start.max(resp.revision + 1);
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Nexus;
+    use crate::scsi::{LogicalUnit, LuConfig, ScsiRequest};
+    use crate::store::BackingStore;
+    use mosaic_coord::EmbeddedCoordinator;
+    use mosaic_proto::scsi::sense::key;
+    use mosaic_proto::scsi::status;
+    use mosaic_routing::Node;
+
+    const BS: u32 = 512;
+
+    fn table(nodes: u32) -> RoutingTable {
+        RoutingTable::new((1..=nodes).map(|i| Node::new(NodeId(i), 1 << 40))).unwrap()
+    }
+
+    fn device(node: u16) -> Arc<Device> {
+        let cfg = LuConfig {
+            name: "v".into(),
+            block_size: BS,
+            serial: "S1".into(),
+            naa_id: LuConfig::naa_id_for("v"),
+            vendor: "MOSAIC".into(),
+            product: "Mosaic volume".into(),
+            revision: "0001".into(),
+            target_name: "iqn.t:v".into(),
+            relative_port: node,
+            tpg: node,
+        };
+        let lu = LogicalUnit::new(cfg, BackingStore::memory(1 << 20)).unwrap();
+        Arc::new(Device::new(lu))
+    }
+
+    async fn tur(d: &Device, n: &Nexus) -> (u8, Option<(u8, u8, u8)>) {
+        let r = d
+            .execute(
+                n,
+                ScsiRequest {
+                    cdb: Bytes::from_static(&[0; 6]),
+                    lun: 0,
+                    data_out: Bytes::new(),
+                    expected_len: 0,
+                },
+            )
+            .await;
+        let sense = (r.status == status::CHECK_CONDITION && r.sense.len() >= 14)
+            .then(|| (r.sense[2] & 0x0f, r.sense[12], r.sense[13]));
+        (r.status, sense)
+    }
+
+    #[tokio::test]
+    async fn a_reset_at_one_node_is_a_unit_attention_at_the_others_before_it_returns() {
+        let coord: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::default());
+        let t = table(3);
+        let volume = VolumeId(7);
+        let devices: Vec<Arc<Device>> = (1..=3).map(device).collect();
+        // One initiator with a session at each node (each node its own port group).
+        let nexus: Vec<Nexus> = (1..=3u16)
+            .map(|n| Nexus::new("iqn.i", 1, "iqn.t:v", n, n))
+            .collect();
+        for (i, d) in devices.iter().enumerate() {
+            // A first command makes the nexus known (its power-on attention is used up).
+            let _ = tur(d, &nexus[i]).await;
+            assert_eq!(tur(d, &nexus[i]).await.0, status::GOOD);
+            follow(
+                Arc::downgrade(d),
+                coord.clone(),
+                volume,
+                NodeId(i as u32 + 1),
+            );
+        }
+        // Let the followers start watching.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        devices[0].reset(ResetKind::LogicalUnit, &nexus[0]);
+        announce(
+            coord.as_ref(),
+            &t,
+            volume,
+            NodeId(1),
+            ResetKind::LogicalUnit,
+        )
+        .await
+        .expect("every node applies it");
+        for (d, n) in devices.iter().zip(&nexus) {
+            // BUS DEVICE RESET FUNCTION OCCURRED (29h/03h) everywhere, no waiting.
+            assert_eq!(
+                tur(d, n).await,
+                (
+                    status::CHECK_CONDITION,
+                    Some((key::UNIT_ATTENTION, 0x29, 0x03))
+                )
+            );
+            assert_eq!(tur(d, n).await.0, status::GOOD);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_that_does_not_follow_makes_the_announcement_late_not_stuck() {
+        let coord: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::default());
+        let err = announce_within(
+            coord.as_ref(),
+            &table(2),
+            VolumeId(1),
+            NodeId(1),
+            ResetKind::TargetWarm,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(&err, ResetError::Late(n) if n == &[2]), "{err}");
+        // Alone, there is nobody to wait for.
+        announce(
+            coord.as_ref(),
+            &table(1),
+            VolumeId(1),
+            NodeId(1),
+            ResetKind::TargetWarm,
+        )
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn acknowledgements_name_their_node_and_revision() {
+        let v = VolumeId(3);
+        assert_eq!(
+            parse_ack(v, applied_key(v, NodeId(2)).as_bytes(), b"41"),
+            Some((2, 41))
+        );
+        assert_eq!(parse_ack(v, b"/mosaic/resets-applied/4/2", b"41"), None);
+        assert_eq!(
+            parse_ack(v, applied_key(v, NodeId(2)).as_bytes(), b"x"),
+            None
+        );
+    }
+}
