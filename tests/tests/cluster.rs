@@ -3,7 +3,9 @@
 //!
 //! - qemu-img writes a 256 MiB random image through node 1; `qemu-img compare`
 //!   through nodes 2 and 3 (and through the group portal, which redirects the
-//!   login) finds it identical.
+//!   login) finds it identical; `mosaic routing show` (the admin endpoint's
+//!   routing view) has primary pages on all three nodes, and each node's sparse
+//!   file holds the data of every page the view gives it.
 //! - Discovery at the group portal lists every portal of every node, each with its
 //!   node's portal group tag; a login there ends on a redirected node portal.
 
@@ -11,30 +13,41 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
-use mosaic_tests::server::Mosaic;
+use mosaic_tests::server::{mosaic_bin, Mosaic};
 use mosaic_tests::tools::{self, RunOutput};
 
 const TOOL_LIMIT: Duration = Duration::from_secs(300);
 const NODES: u32 = 3;
 const NICS: u8 = 2;
 const IMAGE_BYTES: usize = 256 << 20;
+/// The lab's default page size: the 256 MiB volume has 16 pages.
+const PAGE_BYTES: u64 = 16 << 20;
 
 /// A port free on every lab address (node portals and, one higher, links).
 fn lab_port() -> u16 {
     mosaic_tests::server::lab_port(NODES, NICS)
 }
 
-fn start_lab() -> (Mosaic, u16, SocketAddr) {
-    let port = lab_port();
-    let group: SocketAddr = TcpListener::bind("127.0.0.1:0")
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .expect("free group port");
+        .expect("a free port")
+}
+
+/// A lab with the 256 MiB volume `lv`: (lab, node port, group portal, admin endpoint).
+fn start_lab() -> (Mosaic, u16, SocketAddr, SocketAddr) {
+    let port = lab_port();
+    let group = free_addr();
+    let admin = free_addr();
     let args: Vec<String> = [
         "lab",
         "--port",
         &port.to_string(),
         "--group-portal",
         &group.to_string(),
+        // Bound before the banner is printed, so it answers once the lab has started.
+        "--admin",
+        &admin.to_string(),
         "--data-dir",
         "data",
         "--volume",
@@ -47,7 +60,7 @@ fn start_lab() -> (Mosaic, u16, SocketAddr) {
     .collect();
     let lab =
         Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
-    (lab, port, group)
+    (lab, port, group, admin)
 }
 
 fn ok(out: RunOutput, what: &str) -> RunOutput {
@@ -69,7 +82,7 @@ fn lab_cluster_serves_the_same_bytes_through_every_node() {
     let Some(ls) = tools::require(test, "iscsi-ls", "libiscsi-bin") else {
         return;
     };
-    let (mut lab, port, group) = start_lab();
+    let (mut lab, port, group, admin) = start_lab();
     let iqn = "iqn.2026-11.io.mosaic:lv";
     let url = |addr: String| format!("iscsi://{addr}/{iqn}/0");
 
@@ -151,17 +164,60 @@ fn lab_cluster_serves_the_same_bytes_through_every_node() {
         log.contains("login redirected"),
         "group portal redirected:\n{log}"
     );
-    // Pages are spread: the banner lists primaries on every node.
-    let line = log
-        .lines()
-        .find(|l| l.contains("primaries per node"))
-        .expect("volume line in the banner");
-    for node in 1..=NODES {
+    // The routing view: every page has a primary, and every node is primary of
+    // some. Each node's file holds the data of each page the view gives it (the
+    // image is random, so every byte written is allocated).
+    let routing = ok(
+        tools::run(
+            Command::new(mosaic_bin())
+                .args(["routing", "show", "lv", "--admin"])
+                .arg(admin.to_string()),
+            TOOL_LIMIT,
+        ),
+        "mosaic routing show lv",
+    )
+    .stdout;
+    eprintln!("mosaic routing show lv:\n{routing}");
+    let per_node = pages_per_node(&routing);
+    assert_eq!(
+        per_node.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=NODES).collect::<Vec<_>>(),
+        "a row per node:\n{routing}"
+    );
+    let pages = IMAGE_BYTES as u64 / PAGE_BYTES;
+    assert_eq!(
+        per_node.iter().map(|r| r.1).sum::<u64>(),
+        pages,
+        "every page has one primary:\n{routing}"
+    );
+    for &(node, primary, replica) in &per_node {
+        assert!(primary > 0, "node {node} is primary of no page:\n{routing}");
+        let img = lab.scratch().join(format!("data/node{node}/lv.img"));
+        let allocated = std::fs::metadata(&img)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.blocks() * 512
+            })
+            .unwrap_or_else(|e| panic!("{}: {e}", img.display()));
         assert!(
-            line.contains(&format!("{node}: ")),
-            "node {node} owns pages: {line}"
+            allocated >= (primary + replica) * PAGE_BYTES,
+            "node {node} holds {primary} primary and {replica} replica pages, but its file \
+             has only {allocated} bytes allocated"
         );
     }
+}
+
+/// Pages per node from `mosaic routing show`: (node, primary pages, replica pages).
+fn pages_per_node(out: &str) -> Vec<(u32, u64, u64)> {
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [n, p, r] => Some((n.parse().ok()?, p.parse().ok()?, r.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// Logs in `n` connections of MPIO group `group` at the group portal, each kept
@@ -192,7 +248,7 @@ fn mpio_groups_land_on_distinct_nics_spread_over_nodes() {
     if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
         return;
     }
-    let (mut lab, _port, group) = start_lab();
+    let (mut lab, _port, group, _admin) = start_lab();
     let (_a_sessions, a) = mpio_group(group, "disk-a", 4);
     let mut distinct = a.clone();
     distinct.sort();
