@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::link::ConnState;
 use crate::device::{Device, Nexus, ResetKind, ShortCut};
+use crate::latency::{CommandClass, CommandLatency};
 use crate::login::{LoginStep, TargetLogin};
 use crate::scsi::{ScsiRequest, ScsiResult};
 use crate::server::Target;
@@ -418,6 +419,7 @@ impl Conn {
             next_ttt: 1,
             ping: None,
             text: None,
+            latency: self.target.latency.clone(),
         };
         // A connection naming its MPIO group counts in the group's placement until
         // it ends (the group portal spreads the group's connections over NICs).
@@ -1171,6 +1173,8 @@ struct Session {
     ping: Option<(u32, Instant)>,
     /// A Text Request sequence being accumulated (C bit).
     text: Option<TextAccumulator>,
+    /// The node's SCSI command latency histograms.
+    latency: Arc<CommandLatency>,
 }
 
 impl Session {
@@ -1259,6 +1263,10 @@ impl Session {
             window: (!c.immediate).then_some(window),
         };
         let digests = (self.params.header_digest, self.params.data_digest);
+        // From now (the command and its data are in) until its response goes to the
+        // writer.
+        let (latency, class, started) =
+            (self.latency.clone(), CommandClass::of(&cdb), Instant::now());
         let handle = tokio::spawn(async move {
             let mut guard = guard;
             let req = ScsiRequest {
@@ -1278,6 +1286,7 @@ impl Session {
                     };
                     shortcut_read(&tx, &running, &mut guard, &lu, &nexus, &c, req, read, link)
                         .await;
+                    latency.record(class, started.elapsed());
                     return;
                 }
             };
@@ -1286,6 +1295,7 @@ impl Session {
                 return;
             }
             let frees_slot = guard.disarm();
+            latency.record(class, started.elapsed());
             for pdu in response_pdus(&c, result, max_seg, burst, r2ts) {
                 let last = matches!(pdu.bhs, Bhs::ScsiResponse(_))
                     || matches!(pdu.bhs, Bhs::DataIn(d) if d.status_present);

@@ -5,6 +5,7 @@
 //! - [`conn`]: one connection: the reader state machine and the writer task.
 //! - [`device`]: the nexus-aware layer over a logical unit (unit attentions,
 //!   reservations, resets).
+//! - [`latency`]: SCSI command latency histograms (log-spaced buckets, lock-free).
 //! - [`pr`]: persistent reservations (pure logic: registrations, PRIN/PROUT data,
 //!   TransportIDs, conflict rules).
 //! - [`ua`]: unit attention queues per I_T nexus.
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod device;
+pub mod latency;
 pub mod login;
 pub mod pr;
 pub mod scsi;

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::cluster::portals::PortalLoad;
 use crate::config::{Backing, Settings};
 use crate::device::{Device, TaskAborter};
+use crate::latency::CommandLatency;
 use crate::login::{LoginTarget, TargetAccess};
 use crate::pr::Initiator;
 use crate::scsi::{LogicalUnit, LuConfig, LuOptions};
@@ -123,6 +124,8 @@ pub struct Target {
     /// Every portal SendTargets reports (in a cluster, every node's), with its
     /// load for the group portal's redirects.
     pub portals: Arc<PortalLoad>,
+    /// Latency of the SCSI commands this node answered.
+    pub latency: Arc<CommandLatency>,
 }
 
 /// What makes one node distinct to initiators: its portal group and target port.
@@ -340,6 +343,7 @@ impl Server {
             bound,
             identity,
             portals,
+            latency: Arc::default(),
         });
         Ok(Server { target, listeners })
     }

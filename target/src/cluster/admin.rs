@@ -56,6 +56,7 @@ use super::volumes::{
     delete_options, put_options, volume_config, BackingKind, NodeVolumes, VolumeOptions,
     VolumeStatus,
 };
+use crate::latency::{CommandClass, CommandLatency};
 use crate::server::Target;
 
 /// The admin endpoint's default address.
@@ -663,6 +664,23 @@ fn io_json(s: &IoStats) -> Value {
     })
 }
 
+/// Per class of command: how many, and the estimated median and 99th percentile
+/// in microseconds (`null` before the first command).
+fn latency_json(l: &CommandLatency) -> Value {
+    let classes: serde_json::Map<String, Value> = CommandClass::ALL
+        .iter()
+        .map(|&c| {
+            let s = l.histogram(c).snapshot();
+            let us = |q: f64| s.quantile(q).map(|d| d.as_secs_f64() * 1e6);
+            (
+                c.label().to_string(),
+                json!({ "count": s.count(), "p50_us": us(0.5), "p99_us": us(0.99) }),
+            )
+        })
+        .collect();
+    Value::Object(classes)
+}
+
 async fn status(State(a): State<Arc<Admin>>) -> ApiResult<Json<Value>> {
     let t = a.table().await?;
     let conns = a.portals.connections();
@@ -687,6 +705,7 @@ async fn status(State(a): State<Arc<Admin>>) -> ApiResult<Json<Value>> {
                 "portals": portals,
                 "volumes": n.volumes.list().len(),
                 "io": io_json(&n.stats),
+                "latency": n.target.as_ref().map(|t| latency_json(&t.latency)),
             })
         })
         .collect();
@@ -884,6 +903,23 @@ pub fn render_metrics(a: &Admin) -> String {
         "Pages of each volume whose primary is the node.",
         &pages,
     );
+    let name = "mosaic_node_scsi_command_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} SCSI commands answered by the node, from the command with its \
+         data until the response is queued, by op (read, write, other)."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for n in &a.nodes {
+        let Some(t) = &n.target else { continue };
+        for c in CommandClass::ALL {
+            let labels = format!("node=\"{}\",op=\"{}\"", n.id, c.label());
+            t.latency
+                .histogram(c)
+                .snapshot()
+                .write_prometheus(&mut out, name, &labels);
+        }
+    }
     out
 }
 

@@ -114,6 +114,39 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A latency estimate in microseconds for people: "-" before any command.
+fn human_latency(us: &Value) -> String {
+    match us.as_f64() {
+        None => "-".into(),
+        Some(us) if us >= 10_000.0 => format!("{:.0} ms", us / 1000.0),
+        Some(us) if us >= 1000.0 => format!("{:.1} ms", us / 1000.0),
+        Some(us) => format!("{us:.0} us"),
+    }
+}
+
+/// SCSI command latency per node: count, p50 and p99 of reads, writes and others
+/// (estimates from the histograms, see `GET /metrics`).
+fn latency_table(nodes: &[Value]) -> String {
+    let mut header = vec!["LATENCY".to_string()];
+    for op in ["READ", "WRITE", "OTHER"] {
+        header.push(format!("{op}S"));
+        header.push(format!("{op} P50"));
+        header.push(format!("{op} P99"));
+    }
+    let mut rows = vec![header];
+    for n in nodes {
+        let mut row = vec![format!("node {}", num(n, "node"))];
+        for op in ["read", "write", "other"] {
+            let l = &n["latency"][op];
+            row.push(num(l, "count").to_string());
+            row.push(human_latency(&l["p50_us"]));
+            row.push(human_latency(&l["p99_us"]));
+        }
+        rows.push(row);
+    }
+    table(&rows)
+}
+
 fn describe_volume(v: &Value) -> String {
     let replicas = num(v, "replicas");
     format!(
@@ -353,6 +386,8 @@ impl AdminClient {
         }
         out.push_str(&table(&rows));
         out.push('\n');
+        out.push_str(&latency_table(&nodes));
+        out.push('\n');
         let mut rows = vec![["PORTAL (NIC)", "NODE", "CONNECTIONS"]
             .map(String::from)
             .to_vec()];
@@ -418,6 +453,31 @@ mod tests {
         assert_eq!(human_size((3 << 29) + 1), "1.50 GiB");
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(0), "0 B");
+    }
+
+    #[test]
+    fn latency_reads_in_microseconds_or_milliseconds() {
+        assert_eq!(human_latency(&json!(null)), "-");
+        assert_eq!(human_latency(&json!(87.4)), "87 us");
+        assert_eq!(human_latency(&json!(1530.0)), "1.5 ms");
+        assert_eq!(human_latency(&json!(25_000.0)), "25 ms");
+        let nodes = vec![json!({
+            "node": 2,
+            "latency": {
+                "read": { "count": 10, "p50_us": 150.0, "p99_us": 1900.0 },
+                "write": { "count": 0, "p50_us": null, "p99_us": null },
+                "other": { "count": 3, "p50_us": 12.0, "p99_us": 20.0 },
+            }
+        })];
+        let t = latency_table(&nodes);
+        let row: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "node", "2", "10", "150", "us", "1.9", "ms", "0", "-", "-", "3", "12", "us", "20",
+                "us"
+            ]
+        );
     }
 
     #[test]
