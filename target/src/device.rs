@@ -469,8 +469,17 @@ impl Device {
                 }
                 None => self.persistent_reserve_out(nexus, &req),
             },
-            op::RESERVE_6 | op::RESERVE_10 => self.reserve(nexus, &req),
-            op::RELEASE_6 | op::RELEASE_10 => self.release(nexus, &req),
+            op::RESERVE_6 | op::RESERVE_10 => match self.shared_pr.get() {
+                Some(shared) => self.shared_reserve_release(shared, nexus, &req, true).await,
+                None => self.reserve(nexus, &req),
+            },
+            op::RELEASE_6 | op::RELEASE_10 => match self.shared_pr.get() {
+                Some(shared) => {
+                    self.shared_reserve_release(shared, nexus, &req, false)
+                        .await
+                }
+                None => self.release(nexus, &req),
+            },
             xcopy::EXTENDED_COPY => self.extended_copy(nexus, &req).await,
             xcopy::RECEIVE_COPY_RESULTS => self.receive_copy_results(nexus, &req),
             op::MAINTENANCE_IN
@@ -546,6 +555,20 @@ impl Device {
     /// Tells the other nodes of the cluster of a reset taken here, and returns
     /// once they have established it (at once for a stand-alone target).
     pub async fn reset_peers(&self, kind: ResetKind) {
+        if let Some(shared) = self.shared_pr.get() {
+            // The SPC-2 reservation is the cluster's (`cluster::pr`): released in
+            // the shared record too, or the next change installed would bring it
+            // back.
+            let _ = self
+                .shared_change(shared, 0, |s| {
+                    if s.spc2.take().is_some() {
+                        Ok(Some(crate::cluster::pr::Update::default()))
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .await;
+        }
         if let Some(c) = self.cluster.get() {
             c.reset_peers(kind).await;
         }
@@ -574,6 +597,7 @@ impl Device {
     /// reservation news it still has to hear; registrations stay (SPC-4 §5.13.1).
     fn nexus_loss(&self, nexus: &Nexus) {
         self.copies.lock().forget(&nexus.initiator_port);
+        self.release_shared_spc2(nexus);
         let mut st = self.state.lock();
         if st.spc2.as_deref() == Some(&*nexus.initiator_port) {
             st.spc2 = None;
@@ -711,40 +735,133 @@ impl Device {
         }
         let param_len = u32::from_be_bytes([cdb[5], cdb[6], cdb[7], cdb[8]]);
         let can_persist = self.aptpl_file.is_some();
-        let failed = |e: crate::cluster::pr::SharedPrError| {
-            tracing::error!(lu = %self.lu.config().name, error = %e, "shared PERSISTENT RESERVE OUT failed");
+        let done = self
+            .shared_change(shared, param_len, |s| {
+                // SPC-4 §5.13.3 via SPC-2 §5.5.1: another nexus's RESERVE makes
+                // PERSISTENT RESERVE commands conflict (checked at the gate too,
+                // against the followed state; here against the stored one).
+                if s.spc2
+                    .as_deref()
+                    .is_some_and(|h| *h != *nexus.initiator_port)
+                {
+                    return Err(conflict(req));
+                }
+                match s
+                    .pr
+                    .persistent_reserve_out(nexus, cdb, &req.data_out, can_persist)
+                {
+                    Ok(fx)
+                        if !fx.changed && fx.unit_attentions.is_empty() && fx.abort.is_empty() =>
+                    {
+                        Ok(None)
+                    }
+                    Ok(fx) => Ok(Some(crate::cluster::pr::Update::of(&fx))),
+                    Err(PrError::Conflict) => Err(conflict(req)),
+                    Err(PrError::Check(sense)) => Err(check(sense, param_len)),
+                }
+            })
+            .await;
+        match done {
+            Ok(()) => good(Vec::new(), param_len),
+            Err(r) => r,
+        }
+    }
+
+    /// One change of the cluster's reservation state: `change` runs on the stored
+    /// state and says what to write (`Ok(None)`: nothing, `Err`: the command's
+    /// answer); written with compare-and-set (retried when another change won) and
+    /// complete once this node installed it. A coordinator failure is HARDWARE ERROR,
+    /// INTERNAL TARGET FAILURE.
+    async fn shared_change<F>(
+        &self,
+        shared: &crate::cluster::pr::SharedPr,
+        transfer_len: u32,
+        change: F,
+    ) -> Result<(), ScsiResult>
+    where
+        F: Fn(
+            &mut crate::cluster::pr::Shared,
+        ) -> Result<Option<crate::cluster::pr::Update>, ScsiResult>,
+    {
+        use crate::cluster::pr::{SharedPrError, UPDATE_ATTEMPTS};
+        let failed = |e: SharedPrError| {
+            tracing::error!(lu = %self.lu.config().name, error = %e, "shared reservation change failed");
             check(
                 Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE),
-                param_len,
+                transfer_len,
             )
         };
-        for _ in 0..crate::cluster::pr::UPDATE_ATTEMPTS {
-            let (mut state, revision) = match shared.load().await {
-                Ok(l) => l,
-                Err(e) => return failed(e),
+        for _ in 0..UPDATE_ATTEMPTS {
+            let (mut state, revision) = shared.load().await.map_err(failed)?;
+            let Some(update) = change(&mut state)? else {
+                return Ok(());
             };
-            let fx = match state.persistent_reserve_out(nexus, cdb, &req.data_out, can_persist) {
-                Ok(fx) => fx,
-                Err(PrError::Conflict) => return conflict(req),
-                Err(PrError::Check(sense)) => return check(sense, param_len),
-            };
-            if !fx.changed && fx.unit_attentions.is_empty() && fx.abort.is_empty() {
-                return good(Vec::new(), param_len);
-            }
-            match shared.store(&state, &fx, revision).await {
-                Ok(Some(written)) => {
-                    return match shared.wait_applied(written).await {
-                        Ok(()) => good(Vec::new(), param_len),
-                        Err(e) => failed(e),
-                    };
-                }
+            match shared.store(&state, &update, revision).await {
+                Ok(Some(written)) => return shared.wait_applied(written).await.map_err(failed),
                 Ok(None) => continue,
-                Err(e) => return failed(e),
+                Err(e) => return Err(failed(e)),
             }
         }
-        failed(crate::cluster::pr::SharedPrError::Contended(
-            crate::cluster::pr::UPDATE_ATTEMPTS,
-        ))
+        Err(failed(SharedPrError::Contended(UPDATE_ATTEMPTS)))
+    }
+
+    /// RESERVE and RELEASE (6/10) on a volume whose reservations the cluster
+    /// shares: the same rules as [`Device::reserve`] and [`Device::release`], on the
+    /// stored state.
+    async fn shared_reserve_release(
+        &self,
+        shared: &crate::cluster::pr::SharedPr,
+        nexus: &Nexus,
+        req: &ScsiRequest,
+        reserve: bool,
+    ) -> ScsiResult {
+        let invalid = match req.cdb[0] {
+            op::RESERVE_6 | op::RELEASE_6 => 0x01,
+            _ => 0x13,
+        };
+        if req.cdb.get(1).copied().unwrap_or(0) & invalid != 0 {
+            return check(Sense::invalid_field_in_cdb(1, None), req.expected_len);
+        }
+        let done = self
+            .shared_change(shared, 0, |s| {
+                if !s.pr.registrations.is_empty() {
+                    return if Self::crh_noop(&s.pr, nexus) {
+                        Ok(None)
+                    } else {
+                        Err(conflict(req))
+                    };
+                }
+                let mine = s.spc2.as_deref() == Some(&*nexus.initiator_port);
+                match (reserve, &s.spc2) {
+                    (true, Some(_)) if !mine => Err(conflict(req)),
+                    (true, _) if mine => Ok(None),
+                    (true, _) => {
+                        s.spc2 = Some(nexus.initiator_port.clone());
+                        Ok(Some(crate::cluster::pr::Update::default()))
+                    }
+                    (false, _) if mine => {
+                        s.spc2 = None;
+                        Ok(Some(crate::cluster::pr::Update::default()))
+                    }
+                    (false, _) => Ok(None),
+                }
+            })
+            .await;
+        match done {
+            Ok(()) => good(Vec::new(), 0),
+            Err(r) => r,
+        }
+    }
+
+    /// The SPC-2 reservation `nexus` holds, if any, is released cluster-wide (its
+    /// I_T nexus is lost). In the background: nexus loss has no response.
+    fn release_shared_spc2(&self, nexus: &Nexus) {
+        let Some(shared) = self.shared_pr.get() else {
+            return;
+        };
+        if self.state.lock().spc2.as_deref() == Some(&*nexus.initiator_port) {
+            crate::cluster::pr::release_spc2(shared.clone(), nexus.initiator_port.clone());
+        }
     }
 
     /// Shares this device's reservations through the cluster (set once, by
@@ -759,24 +876,26 @@ impl Device {
     }
 
     /// Installs a reservation state the cluster agreed on: conflict checks use it
-    /// from now on; its unit attentions are established for this device's nexuses,
-    /// its PREEMPT AND ABORT reaches this node's sessions, and with APTPL active (or
-    /// just turned off) it is written to (or removed from) this node's APTPL file.
+    /// from now on; its unit attentions are established for this
+    /// device's nexuses, its PREEMPT AND ABORT reaches this node's sessions, and
+    /// with APTPL active (or just turned off) it is written to (or removed from)
+    /// this node's APTPL file.
     pub(crate) fn install_shared_pr(&self, change: crate::cluster::pr::Change) {
         let mut st = self.state.lock();
-        let before = std::mem::replace(&mut st.pr, change.state);
+        let before = std::mem::replace(&mut st.pr, change.state.pr);
+        st.spc2 = change.state.spc2;
         if st.pr != before && (st.pr.aptpl || before.aptpl) {
             if let Err(e) = self.save(&st.pr) {
                 tracing::error!(lu = %self.lu.config().name, error = %e, "persisting shared reservations failed");
             }
         }
-        for (who, asc) in &change.unit_attentions {
+        for (who, asc) in &change.update.unit_attentions {
             st.raise_for(who, *asc);
         }
         drop(st);
-        if !change.abort.is_empty() {
+        if !change.update.abort.is_empty() {
             if let Some(abort) = self.task_aborter.get() {
-                (abort.0)(&change.abort);
+                (abort.0)(&change.update.abort);
             }
         }
     }

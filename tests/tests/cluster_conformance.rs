@@ -12,11 +12,10 @@
 //! (features that are not ours to have: removable media, SANITIZE without
 //! --allow-sanitize, the read-only test on a writable unit).
 //!
-//! Left out, and only these ([`CROSS_NODE_RESERVATIONS`]): the tests where one
-//! initiator's SPC-2 reservation (RESERVE(6)) must stop the other initiator on
-//! another node. SPC-2 reservation state is still kept by each node for itself
-//! (persistent reservations are shared through the coordinator, and their tests
-//! run here); these tests come back when RESERVE/RELEASE are cluster-wide too.
+//! Nothing is left out: persistent and SPC-2 reservations are shared through the
+//! coordinator (`cluster::pr`), so the tests where one initiator's RESERVE(6) must
+//! stop the other initiator on another node (SCSI.Reserve6.2Initiators, Logout,
+//! ITNexusLoss) run across nodes too.
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
@@ -36,16 +35,6 @@ const NODES: u32 = 3;
 const NICS: u8 = 2;
 /// The volume of the run through node `i` is `full<i>`.
 const VOLUME_PREFIX: &str = "full";
-
-/// Tests that need SPC-2 reservations to hold across nodes (see the module
-/// docs): RESERVE(6) against a second initiator. Each fails across nodes because
-/// the node the second initiator talks to does not know the first one's
-/// reservation.
-const CROSS_NODE_RESERVATIONS: [&str; 3] = [
-    "SCSI.Reserve6.2Initiators",
-    "SCSI.Reserve6.Logout",
-    "SCSI.Reserve6.ITNexusLoss",
-];
 
 /// Suites whose tests the single-node run of the whole suite skips on a thin,
 /// writable, non-removable unit without --allow-sanitize (conformance_full.rs):
@@ -135,7 +124,7 @@ fn the_whole_suite_passes_through_each_node_with_multipath_across_nodes() {
     let Some(cu) = tools::require(test, "iscsi-test-cu", "libiscsi-bin") else {
         return;
     };
-    let selection = test_selection(&cu, &CROSS_NODE_RESERVATIONS);
+    let selection = test_selection(&cu, &[]);
     let (mut lab, port) = start_lab();
     let iqn = |i: u32| format!("iqn.2026-11.io.mosaic:{VOLUME_PREFIX}{i}");
     // Each volume's pages are on every node.
@@ -184,13 +173,14 @@ fn the_whole_suite_passes_through_each_node_with_multipath_across_nodes() {
             "node {node}: too few tests passed: {}",
             report.counts()
         );
-        for x in CROSS_NODE_RESERVATIONS {
+        // The two-initiator RESERVE(6) tests ran, across nodes.
+        for x in ["2Initiators", "Logout", "ITNexusLoss"] {
             assert!(
-                !report
+                report
                     .tests
                     .iter()
-                    .any(|t| format!("SCSI.{}", t.name()) == x),
-                "node {node}: {x} ran although it is excluded"
+                    .any(|t| t.suite == "Reserve6" && t.test == x),
+                "node {node}: SCSI.Reserve6.{x} did not run"
             );
         }
         let skips: Vec<String> = report

@@ -5,9 +5,11 @@
 //!   RESERVATION CONFLICT, a read is allowed (Write Exclusive), PERSISTENT RESERVE
 //!   IN at node 2 reports node 1's key and reservation; a PREEMPT through node 2
 //!   reaches the initiator at node 1 (REGISTRATIONS PREEMPTED, then conflicts).
-//! - libiscsi's persistent reservation suites (`iscsi-test-cu --dataloss`, both
-//!   initiator names) with the first URL on node 1 and the second on node 2: no
-//!   failure, no skip.
+//! - libiscsi's persistent reservation, RESERVE(6) and multipath suites
+//!   (`iscsi-test-cu --dataloss`, both initiator names) with the first URL on node 1
+//!   and the second on node 2: no failure, no skip. SPC-2 RESERVE and the resets
+//!   are shared like the persistent reservations (Reserve6's second initiator and
+//!   MultipathIO.Reset's second path are on node 2).
 //! - APTPL: a registration and reservation made with APTPL = 1 through node 1 are
 //!   there again, at another node, after the whole lab restarts on its data
 //!   directory (each node keeps an APTPL file; the first to open the volume seeds
@@ -192,8 +194,8 @@ fn a_reservation_through_node_1_conflicts_a_write_through_node_2() {
 }
 
 #[test]
-fn libiscsi_reservation_suites_pass_with_urls_on_two_nodes() {
-    let test = "libiscsi_reservation_suites_pass_with_urls_on_two_nodes";
+fn libiscsi_reservation_and_multipath_suites_pass_with_urls_on_two_nodes() {
+    let test = "libiscsi_reservation_and_multipath_suites_pass_with_urls_on_two_nodes";
     let Some(cu) = tools::require(test, "iscsi-test-cu", "libiscsi-bin") else {
         return;
     };
@@ -208,6 +210,8 @@ fn libiscsi_reservation_suites_pass_with_urls_on_two_nodes() {
         "SCSI.ProutReserve",
         "SCSI.ProutClear",
         "SCSI.ProutPreempt",
+        "SCSI.Reserve6",
+        "SCSI.MultipathIO",
     ]
     .join(",");
     let out = tools::run(
@@ -230,9 +234,16 @@ fn libiscsi_reservation_suites_pass_with_urls_on_two_nodes() {
         out.tail(40)
     );
     assert!(
-        report.with(Verdict::Passed).len() >= 14,
+        report.with(Verdict::Passed).len() >= 30,
         "{test}: too few tests ran: {}",
         report.counts()
+    );
+    assert!(
+        report
+            .tests
+            .iter()
+            .any(|t| t.suite == "MultipathIO" && t.test == "Reset" && t.verdict == Verdict::Passed),
+        "{test}: MultipathIO.Reset did not pass"
     );
     lab.assert_alive("after libiscsi's reservation suites");
 }

@@ -21,6 +21,11 @@
 //! - A PERSISTENT RESERVE OUT completes (GOOD) only after the node it arrived on has
 //!   installed the revision it wrote: the initiator's next command, on this node,
 //!   already sees it. Other nodes follow within a watch delivery.
+//! - SPC-2 RESERVE/RELEASE go through the key the same way (the holder's port is
+//!   in the record). A lost nexus's SPC-2 reservation is released in the
+//!   background ([`release_spc2`]); a reset releases it in the record before
+//!   [`crate::cluster::resets`] tells the other nodes
+//!   ([`Device::reset_peers`]).
 //! - APTPL: a node that installs a state with APTPL active writes it to its own APTPL
 //!   file (as a stand-alone target does), and a node that opens a volume whose key
 //!   is absent seeds the key from that file, so the lab's reservations survive a
@@ -110,36 +115,60 @@ struct Record {
     /// Whose tasks it aborts (PREEMPT AND ABORT).
     #[serde(default)]
     abort: Vec<StoredInitiator>,
+    /// The initiator port holding an SPC-2 RESERVE, if any.
+    #[serde(default)]
+    spc2: Option<String>,
+}
+
+/// The reservation state of a volume as the cluster shares it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shared {
+    /// Persistent reservations.
+    pub pr: PrState,
+    /// The SPC-2 RESERVE holder's initiator port.
+    pub spc2: Option<Arc<str>>,
+}
+
+/// What a change does besides its new state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Update {
+    pub unit_attentions: Vec<(Initiator, mosaic_proto::scsi::Asc)>,
+    pub abort: Vec<Initiator>,
+}
+
+impl Update {
+    /// The effects of a PERSISTENT RESERVE OUT.
+    pub fn of(fx: &Effects) -> Update {
+        Update {
+            unit_attentions: fx.unit_attentions.clone(),
+            abort: fx.abort.clone(),
+        }
+    }
 }
 
 /// A change as the followers install it.
 #[derive(Debug, Clone, Default)]
 pub struct Change {
-    pub state: PrState,
-    pub unit_attentions: Vec<(Initiator, mosaic_proto::scsi::Asc)>,
-    pub abort: Vec<Initiator>,
+    pub state: Shared,
+    pub update: Update,
 }
 
-fn encode(state: &PrState, fx: Option<&Effects>) -> Bytes {
+fn encode(state: &Shared, update: &Update) -> Bytes {
     let r = Record {
         version: RECORD_VERSION,
-        state: state.to_persisted(),
-        aptpl: state.aptpl,
-        unit_attentions: fx
-            .map(|fx| {
-                fx.unit_attentions
-                    .iter()
-                    .map(|(who, asc)| StoredUa {
-                        who: StoredInitiator::of(who),
-                        asc: asc.asc,
-                        ascq: asc.ascq,
-                    })
-                    .collect()
+        state: state.pr.to_persisted(),
+        aptpl: state.pr.aptpl,
+        unit_attentions: update
+            .unit_attentions
+            .iter()
+            .map(|(who, asc)| StoredUa {
+                who: StoredInitiator::of(who),
+                asc: asc.asc,
+                ascq: asc.ascq,
             })
-            .unwrap_or_default(),
-        abort: fx
-            .map(|fx| fx.abort.iter().map(StoredInitiator::of).collect())
-            .unwrap_or_default(),
+            .collect(),
+        abort: update.abort.iter().map(StoredInitiator::of).collect(),
+        spc2: state.spc2.as_deref().map(str::to_string),
     };
     Bytes::from(serde_json::to_vec(&r).expect("a reservation record always serialises"))
 }
@@ -149,21 +178,26 @@ fn decode(value: &[u8]) -> Result<Change, String> {
     if r.version != RECORD_VERSION {
         return Err(format!("unknown record version {}", r.version));
     }
-    let mut state = PrState::from_persisted(&r.state)?;
-    state.aptpl = r.aptpl;
+    let mut pr = PrState::from_persisted(&r.state)?;
+    pr.aptpl = r.aptpl;
     Ok(Change {
-        state,
-        unit_attentions: r
-            .unit_attentions
-            .iter()
-            .map(|u| {
-                (
-                    u.who.initiator(),
-                    mosaic_proto::scsi::Asc::new(u.asc, u.ascq),
-                )
-            })
-            .collect(),
-        abort: r.abort.iter().map(StoredInitiator::initiator).collect(),
+        state: Shared {
+            pr,
+            spc2: r.spc2.map(|p| Arc::from(p.to_ascii_lowercase())),
+        },
+        update: Update {
+            unit_attentions: r
+                .unit_attentions
+                .iter()
+                .map(|u| {
+                    (
+                        u.who.initiator(),
+                        mosaic_proto::scsi::Asc::new(u.asc, u.ascq),
+                    )
+                })
+                .collect(),
+            abort: r.abort.iter().map(StoredInitiator::initiator).collect(),
+        },
     })
 }
 
@@ -196,14 +230,14 @@ pub struct SharedPr {
 
 /// The state read for a change: the decoded state and the key's `mod_revision`
 /// (`None`: the key is absent).
-pub type Loaded = (PrState, Option<i64>);
+pub type Loaded = (Shared, Option<i64>);
 
 impl SharedPr {
     /// Reads the current state.
     pub async fn load(&self) -> Result<Loaded, SharedPrError> {
         let got = self.coord.get(KeyRange::key(self.key.clone())).await?;
         match got.kvs.first() {
-            None => Ok((PrState::default(), None)),
+            None => Ok((Shared::default(), None)),
             Some(kv) => {
                 let c = decode(&kv.value).map_err(SharedPrError::Corrupt)?;
                 Ok((c.state, Some(kv.mod_revision)))
@@ -211,12 +245,12 @@ impl SharedPr {
         }
     }
 
-    /// Writes `state` (with the effects `fx` of the change) if the key is still at
+    /// Writes `state` (with what the change does, `update`) if the key is still at
     /// `mod_revision`; the revision written, or `None` when another change won.
     pub async fn store(
         &self,
-        state: &PrState,
-        fx: &Effects,
+        state: &Shared,
+        update: &Update,
         mod_revision: Option<i64>,
     ) -> Result<Option<i64>, SharedPrError> {
         let compare = match mod_revision {
@@ -225,7 +259,7 @@ impl SharedPr {
         };
         let txn = Txn::new().when([compare]).and_then([TxnOp::put(
             self.key.clone(),
-            encode(state, Some(fx)),
+            encode(state, update),
             None,
         )]);
         let r = self.coord.txn(txn).await?;
@@ -295,14 +329,21 @@ const NOT_LOADED: i64 = -1;
 async fn load_first(device: &Weak<Device>, shared: &SharedPr, key: &str) -> Option<i64> {
     loop {
         let d = device.upgrade()?;
-        let local = d.local_pr_state();
+        let local = Shared {
+            pr: d.local_pr_state(),
+            spc2: None,
+        };
         let attempt = async {
-            if local.aptpl {
+            if local.pr.aptpl {
                 // The first node to open the volume after a restart brings back what
                 // its APTPL file kept; later nodes find the key present.
                 let txn = Txn::new()
                     .when([Compare::absent(key.to_string())])
-                    .and_then([TxnOp::put(key.to_string(), encode(&local, None), None)]);
+                    .and_then([TxnOp::put(
+                        key.to_string(),
+                        encode(&local, &Update::default()),
+                        None,
+                    )]);
                 shared.coord.txn(txn).await?;
             }
             let got = shared.coord.get(KeyRange::key(key.to_string())).await?;
@@ -311,8 +352,7 @@ async fn load_first(device: &Weak<Device>, shared: &SharedPr, key: &str) -> Opti
                     let mut c = decode(&kv.value).map_err(SharedPrError::Corrupt)?;
                     // What happened before this device existed concerns none of
                     // its nexuses.
-                    c.unit_attentions.clear();
-                    c.abort.clear();
+                    c.update = Update::default();
                     (c, kv.mod_revision)
                 }
                 None => (Change::default(), 0),
@@ -368,8 +408,7 @@ async fn follow(device: Weak<Device>, shared: Arc<SharedPr>, key: String, mut st
                                 Ok(mut c) => {
                                     // Effects missed while not watching are lost; the
                                     // state is what matters for conflicts.
-                                    c.unit_attentions.clear();
-                                    c.abort.clear();
+                                    c.update = Update::default();
                                     install(&d, &shared, c, kv.mod_revision);
                                 }
                                 Err(e) => warn!(key = %key, "ignoring reservations: {e}"),
@@ -417,6 +456,28 @@ async fn follow(device: Weak<Device>, shared: Arc<SharedPr>, key: String, mut st
             start = resp.revision + 1;
         }
     }
+}
+
+/// Releases the SPC-2 reservation of `port` cluster-wide if it still holds it (its
+/// I_T nexus was lost), in the background: nexus loss has no response to wait for.
+pub fn release_spc2(shared: Arc<SharedPr>, port: Arc<str>) {
+    tokio::spawn(async move {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let (mut state, revision) = match shared.load().await {
+                Ok(l) => l,
+                Err(e) => return warn!(key = %shared.key, "releasing an SPC-2 reservation: {e}"),
+            };
+            if state.spc2.as_deref() != Some(&*port) {
+                return;
+            }
+            state.spc2 = None;
+            match shared.store(&state, &Update::default(), revision).await {
+                Ok(Some(_)) => return,
+                Ok(None) => continue,
+                Err(e) => return warn!(key = %shared.key, "releasing an SPC-2 reservation: {e}"),
+            }
+        }
+    });
 }
 
 /// Removes `volume`'s reservation state (the volume is deleted).
@@ -558,6 +619,56 @@ mod tests {
         );
     }
 
+    /// SPC-2 RESERVE is the cluster's too: a RESERVE through node 1 conflicts at
+    /// node 2, a LOGICAL UNIT RESET through node 1 releases it everywhere, and a
+    /// lost nexus's RESERVE goes away.
+    #[tokio::test]
+    async fn reserve_and_resets_reach_every_node() {
+        let coord: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::default());
+        let (d1, d2) = (node_device(1), node_device(2));
+        attach(&d1, coord.clone(), "vol");
+        attach(&d2, coord.clone(), "vol");
+        let a = Nexus::new("iqn.a", 1, "iqn.t:vol", 1, 1);
+        let b = Nexus::new("iqn.b", 2, "iqn.t:vol", 2, 2);
+        d1.nexus_added(&a);
+        d2.nexus_added(&b);
+        const RESERVE6: [u8; 6] = [0x16, 0, 0, 0, 0, 0];
+        const RELEASE6: [u8; 6] = [0x17, 0, 0, 0, 0, 0];
+        assert_eq!(exec(&d1, &a, &RESERVE6, &[]).await, status::GOOD);
+        // The RESERVE through node 2 reads the stored state: conflict at once.
+        assert_eq!(
+            exec(&d2, &b, &RESERVE6, &[]).await,
+            status::RESERVATION_CONFLICT
+        );
+        let deadline = std::time::Instant::now() + APPLY_WAIT;
+        while exec(&d2, &b, &WRITE10, &[0; 512]).await != status::RESERVATION_CONFLICT {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node 2 never followed"
+            );
+            tokio::task::yield_now().await;
+        }
+        // RELEASE by a non-holder does nothing; a reset releases it everywhere.
+        assert_eq!(exec(&d2, &b, &RELEASE6, &[]).await, status::GOOD);
+        assert_eq!(
+            exec(&d2, &b, &RESERVE6, &[]).await,
+            status::RESERVATION_CONFLICT
+        );
+        d1.reset(crate::device::ResetKind::LogicalUnit, &a);
+        d1.reset_peers(crate::device::ResetKind::LogicalUnit).await;
+        assert_eq!(exec(&d2, &b, &RESERVE6, &[]).await, status::GOOD);
+        // b's nexus is lost: its reservation goes with it, at every node.
+        d2.nexus_lost(&b);
+        assert_eq!(exec(&d1, &a, &TUR, &[]).await, status::CHECK_CONDITION);
+        while exec(&d1, &a, &RESERVE6, &[]).await != status::GOOD {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "b's RESERVE outlived it"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[test]
     fn records_round_trip_with_their_effects() {
         let n = Nexus::new("iqn.a", 1, "iqn.t", 1, 1);
@@ -573,10 +684,14 @@ mod tests {
             crate::ua::asc::REGISTRATIONS_PREEMPTED,
         ));
         fx.abort.push(Initiator::Device("iqn.c".into()));
-        let c = decode(&encode(&s, Some(&fx))).expect("decodes");
-        assert_eq!(c.state, s);
-        assert_eq!(c.unit_attentions, fx.unit_attentions);
-        assert_eq!(c.abort, fx.abort);
+        let shared = Shared {
+            pr: s.clone(),
+            spc2: Some(Arc::from("iqn.d,i,0x000000000004")),
+        };
+        let update = Update::of(&fx);
+        let c = decode(&encode(&shared, &update)).expect("decodes");
+        assert_eq!(c.state, shared);
+        assert_eq!(c.update, update);
         assert!(decode(b"{}").is_err());
         assert!(decode(b"not json").is_err());
     }
