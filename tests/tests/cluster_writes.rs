@@ -132,6 +132,21 @@ fn compare_and_write(s: &mut Session, lba: u64, old: &[u8], new: &[u8]) -> bool 
     false
 }
 
+/// ORWRITE(16) of whole blocks at `lba` (SBC-4 §5.9).
+fn or_write(s: &mut Session, lba: u64, data: &[u8]) {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x8b;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&((data.len() / BLOCK) as u32).to_be_bytes());
+    let r = s.command(&cdb, data, 0).expect("ORWRITE(16)");
+    assert_eq!(
+        r.status,
+        initiator::GOOD,
+        "ORWRITE(16) at {lba}: sense {:x?}",
+        r.sense_key()
+    );
+}
+
 fn counter_block(n: u64) -> Vec<u8> {
     let mut b = vec![0xc5; BLOCK];
     b[..8].copy_from_slice(&n.to_be_bytes());
@@ -194,6 +209,45 @@ fn compare_and_write_through_three_nodes_loses_no_update() {
         );
     }
     eprintln!("{misses} miscompares retried over {} bumps", BUMPS * 9);
+
+    // ORWRITE is a read-modify-write at the primary too: three nodes OR-ing their
+    // own bits into the same blocks at once lose none of them.
+    let lba = counters[1] + 8;
+    write_blocks(&mut check, lba, &[0u8; 2 * BLOCK]);
+    let orers: Vec<_> = (1..=NODES)
+        .map(|node| {
+            thread::spawn(move || {
+                let mut s = login(node_portal(node, port));
+                for bit in 0..8u32 {
+                    assert!(start.elapsed() < LIMIT, "ORWRITE race too slow");
+                    // Node n sets bit `bit` of byte lanes n-1, n+2, ...
+                    let mut data = vec![0u8; 2 * BLOCK];
+                    for (i, b) in data.iter_mut().enumerate() {
+                        if i % NODES as usize == node as usize - 1 {
+                            *b = 1 << bit;
+                        }
+                    }
+                    or_write(&mut s, lba, &data);
+                }
+            })
+        })
+        .collect();
+    for o in orers {
+        o.join().expect("ORWRITE worker");
+    }
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x88;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[13] = 2;
+    let r = check
+        .command(&cdb, &[], 2 * BLOCK as u32)
+        .expect("READ(16)");
+    assert_eq!(r.status, initiator::GOOD);
+    assert!(
+        r.data.iter().all(|&b| b == 0xff),
+        "every node's ORWRITE bits must be there: {:x?}",
+        &r.data[..16]
+    );
     lab.assert_alive("after the compare-and-write race");
     drop(check);
     assert!(lab.stop(), "lab stops on SIGTERM");

@@ -148,6 +148,8 @@ pub mod kind {
     pub const PING: u8 = 0x07;
     /// [`super::Request::PageCopy`].
     pub const PAGE_COPY: u8 = 0x08;
+    /// [`super::Request::OrWrite`].
+    pub const OR_WRITE: u8 = 0x09;
     /// [`super::Response::Data`].
     pub const DATA: u8 = 0x81;
     /// [`super::Response::Done`].
@@ -420,6 +422,16 @@ pub enum Request {
         len: u32,
         /// The task's connection state.
         state: ConnState,
+    },
+    /// ORWRITE (SBC-4 §5.9) at the primary: the range becomes the bitwise OR of its
+    /// contents and `data`, atomically against other writes -> [`Response::Done`].
+    OrWrite {
+        /// Volume id.
+        volume: u64,
+        /// Byte offset.
+        offset: u64,
+        /// The data to OR in, at most [`MAX_DATA_LEN`] bytes.
+        data: Bytes,
     },
     /// Part of a page being moved to this node, sent by the page's primary while
     /// it holds the page against writes -> [`Response::Done`]. Written whatever
@@ -763,6 +775,7 @@ impl Request {
             Request::ShortCut { .. } => kind::SHORT_CUT,
             Request::Ping => kind::PING,
             Request::PageCopy { .. } => kind::PAGE_COPY,
+            Request::OrWrite { .. } => kind::OR_WRITE,
         }
     }
 
@@ -846,6 +859,11 @@ impl Request {
                 finish(h, k, request_id, epoch, none(), none())
             }
             Request::PageCopy {
+                volume,
+                offset,
+                data,
+            }
+            | Request::OrWrite {
                 volume,
                 offset,
                 data,
@@ -943,15 +961,23 @@ impl Request {
                 }
             }
             kind::PING => Request::Ping,
-            kind::PAGE_COPY => {
+            kind::PAGE_COPY | kind::OR_WRITE => {
                 let volume = get_u64(b, "volume")?;
                 let offset = get_u64(b, "offset")?;
                 let data = std::mem::take(b);
                 check_data_len(data.len())?;
-                Request::PageCopy {
-                    volume,
-                    offset,
-                    data,
+                if kind == kind::PAGE_COPY {
+                    Request::PageCopy {
+                        volume,
+                        offset,
+                        data,
+                    }
+                } else {
+                    Request::OrWrite {
+                        volume,
+                        offset,
+                        data,
+                    }
                 }
             }
             other => return Err(FrameError::UnknownKind(other)),
@@ -1607,7 +1633,8 @@ impl Expect {
             Request::Write { .. }
             | Request::Flush { .. }
             | Request::Unmap { .. }
-            | Request::PageCopy { .. } => Expect::Done,
+            | Request::PageCopy { .. }
+            | Request::OrWrite { .. } => Expect::Done,
             Request::CompareAndWrite { .. } => Expect::DoneOrMiscompare,
             Request::ShortCut { .. } => Expect::Pdus,
             Request::Ping => Expect::Pong,
@@ -2664,6 +2691,13 @@ mod tests {
             ),
             (any::<u64>(), any::<u64>(), arb_bytes(64)).prop_map(|(volume, offset, data)| {
                 Request::PageCopy {
+                    volume,
+                    offset,
+                    data,
+                }
+            }),
+            (any::<u64>(), any::<u64>(), arb_bytes(64)).prop_map(|(volume, offset, data)| {
+                Request::OrWrite {
                     volume,
                     offset,
                     data,

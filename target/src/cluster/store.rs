@@ -518,6 +518,39 @@ impl NodeService {
         }
     }
 
+    /// ORWRITE as the primary (SBC-4 §5.9): under the exclusive range lock, the
+    /// range becomes the bitwise OR of the medium and `data`, here and on every
+    /// replica.
+    pub async fn or_write_as_primary(
+        &self,
+        volume: u64,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), ClusterIoError> {
+        let v = self.local(volume)?;
+        let len = data.len() as u64;
+        let _range = v.locks.lock(offset, len, true).await;
+        let route = self.replicas_as_primary(volume, offset, len)?;
+        let mut merged = BytesMut::from(&v.store.read_at(offset, data.len()).await?[..]);
+        for (m, d) in merged.iter_mut().zip(data.iter()) {
+            *m |= d;
+        }
+        let merged = merged.freeze();
+        let copy = Request::Write {
+            volume,
+            offset,
+            data: merged.clone(),
+            fua: false,
+            replica: true,
+        };
+        let here = async {
+            v.store.write_at(offset, merged).await?;
+            Ok::<(), ClusterIoError>(())
+        };
+        tokio::try_join!(here, self.replicate(volume, offset, len, route, copy))?;
+        Ok(())
+    }
+
     /// A primary's copy, written as is by a holder of the range.
     async fn write_as_replica(
         &self,
@@ -610,6 +643,11 @@ impl NodeService {
                 Ok(Some(offset)) => Response::Miscompare { offset },
                 Err(e) => Response::Error(e.to_wire()),
             },
+            Request::OrWrite {
+                volume,
+                offset,
+                data,
+            } => done(self.or_write_as_primary(volume, offset, data).await),
             Request::PageCopy {
                 volume,
                 offset,
@@ -696,6 +734,7 @@ enum Op {
     Write(Bytes, bool),
     Unmap,
     CompareAndWrite(Bytes, Bytes),
+    OrWrite(Bytes),
 }
 
 /// The outcome of one piece.
@@ -795,6 +834,10 @@ impl ClusterStore {
                     s.unmap_as_primary(volume, offset, len).await?;
                     Ok(Done::Ok)
                 }
+                Op::OrWrite(data) => {
+                    s.or_write_as_primary(volume, offset, data).await?;
+                    Ok(Done::Ok)
+                }
                 Op::CompareAndWrite(compare, write) => Ok(
                     match s
                         .compare_and_write_as_primary(volume, offset, compare, write)
@@ -831,6 +874,11 @@ impl ClusterStore {
                 offset,
                 compare,
                 write,
+            },
+            Op::OrWrite(data) => Request::OrWrite {
+                volume,
+                offset,
+                data,
             },
         };
         let link_err = |source| ClusterIoError::Link {
@@ -906,6 +954,23 @@ impl ClusterStore {
             let from = (off - offset) as usize;
             let part = data.slice(from..from + l as usize);
             self.piece(page, off, l, Op::Write(part, fua))
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// ORWRITE of `data` at `offset`, each page at its primary (atomic against
+    /// other writes within each page).
+    pub async fn or_write(&self, offset: u64, data: Bytes) -> Result<(), ClusterIoError> {
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .written_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let pieces = self.map_pieces(offset, data.len() as u64)?;
+        try_join_all(pieces.iter().map(|&(page, off, l)| {
+            let from = (off - offset) as usize;
+            let part = data.slice(from..from + l as usize);
+            self.piece(page, off, l, Op::OrWrite(part))
         }))
         .await?;
         Ok(())

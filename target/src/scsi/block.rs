@@ -6,7 +6,7 @@
 //! and then reads back (WRITE AND VERIFY) holds its range exclusively for the whole
 //! sequence, so no other write can slip in between.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mosaic_proto::scsi::sense::key;
 use mosaic_proto::scsi::{Asc, PreFetchCdb, RwCdb, Sense, StartStopCdb, VerifyCdb};
 
@@ -190,15 +190,16 @@ impl LogicalUnit {
         };
         let blocks = (data.len() / self.cfg.block_size as usize) as u64;
         let _range = self.locks.lock(rw.lba, blocks, true).await;
-        let medium = match self.read_medium(rw.lba, data.len()).await {
-            Ok(d) => d,
-            Err(sense) => return ScsiResult::check(sense, transfer_len),
-        };
-        let mut merged = BytesMut::from(&medium[..]);
-        for (m, d) in merged.iter_mut().zip(data.iter()) {
-            *m |= d;
+        // The store reads, ORs and writes: a clustered volume does it at each
+        // page's primary, atomically against writes received by other nodes.
+        if let Err(e) = self.store.or_write(self.offset_of(rw.lba), data).await {
+            tracing::warn!(lu = %self.cfg.name, lba = rw.lba, error = %e, "orwrite failed");
+            return ScsiResult::check(
+                Sense::new(key::MEDIUM_ERROR, Asc::WRITE_ERROR).with_information(rw.lba),
+                transfer_len,
+            );
         }
-        match self.write_medium(rw.lba, merged.freeze(), rw.fua).await {
+        match self.flush_if_needed(rw.lba, rw.fua).await {
             Ok(()) => ScsiResult::ok(transfer_len),
             Err(sense) => ScsiResult::check(sense, transfer_len),
         }

@@ -198,6 +198,24 @@ impl BackingStore {
         Ok(None)
     }
 
+    /// ORWRITE (SBC-4 §5.9): `[offset, offset + data.len())` becomes the bitwise OR
+    /// of its contents and `data`. Local stores rely on the caller's range lock; a
+    /// clustered volume runs it at each page's primary, under the lock that orders
+    /// every write to the page.
+    pub async fn or_write(&self, offset: u64, data: Bytes) -> Result<(), StoreError> {
+        check_range(offset, data.len() as u64, self.len())?;
+        if let BackingStore::Cluster(c) = self {
+            return Box::pin(c.or_write(offset, data))
+                .await
+                .map_err(cluster_err);
+        }
+        let mut merged = bytes::BytesMut::from(&self.read_at(offset, data.len()).await?[..]);
+        for (m, d) in merged.iter_mut().zip(data.iter()) {
+            *m |= d;
+        }
+        self.write_at(offset, merged.freeze()).await
+    }
+
     /// Deallocates `[offset, offset + len)` (UNMAP, WRITE SAME with UNMAP): the range
     /// reads back as zeros afterwards, and whole allocation units are freed (holes
     /// punched in a file, chunks dropped in memory).
