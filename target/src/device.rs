@@ -37,6 +37,11 @@
 //!   ([`crate::cluster::pr`]): PERSISTENT RESERVE OUT runs on the stored state and
 //!   writes it back with compare-and-set; the device installs every state the key
 //!   takes, and checks conflicts against it.
+//! - In a cluster the mode parameters MODE SELECT changes (WCE, SWP) are the
+//!   coordinator's too ([`crate::cluster::mode`]): MODE SELECT is checked here and
+//!   applied to the stored parameters with compare-and-set; every node's device
+//!   installs each revision and raises MODE PARAMETERS CHANGED (2A/01) for its
+//!   nexuses but the sender's.
 //! - APTPL: with an APTPL file ([`Device::with_aptpl_file`]) registrations and the
 //!   reservation are written (temp file, fsync, rename, fsync of the directory)
 //!   before PERSISTENT RESERVE OUT returns GOOD while APTPL is active, and loaded at
@@ -190,6 +195,9 @@ pub struct Device {
     /// In a cluster, the volume's reservation state in the coordinator, shared by
     /// every node ([`crate::cluster::pr`]); unset: this device's own.
     shared_pr: OnceLock<Arc<crate::cluster::pr::SharedPr>>,
+    /// In a cluster, the volume's mode parameters in the coordinator, shared by
+    /// every node ([`crate::cluster::mode`]); unset: the logical unit's own.
+    shared_mode: OnceLock<Arc<crate::cluster::mode::SharedMode>>,
 }
 
 /// Aborts every task of the sessions of these initiators (see
@@ -304,7 +312,7 @@ impl State {
 
     /// Raises `asc` for every known nexus and every registered initiator port,
     /// except `except`.
-    fn raise_all(&mut self, asc: Asc, except: Option<&Nexus>) {
+    fn raise_all(&mut self, asc: Asc, except: Option<&str>) {
         let mut ports: Vec<String> = self.nexuses.keys().map(|p| p.to_string()).collect();
         for r in &self.pr.registrations {
             if let Initiator::Port(p) = &r.initiator {
@@ -312,7 +320,7 @@ impl State {
             }
         }
         for p in ports {
-            if except.is_some_and(|n| n.initiator_port.eq_ignore_ascii_case(&p)) {
+            if except.is_some_and(|e| e.eq_ignore_ascii_case(&p)) {
                 continue;
             }
             self.ua.raise(&p, asc);
@@ -392,6 +400,7 @@ impl Device {
             routing_encoding: Mutex::new(None),
             task_aborter: OnceLock::new(),
             shared_pr: OnceLock::new(),
+            shared_mode: OnceLock::new(),
         }
     }
 
@@ -457,6 +466,9 @@ impl Device {
         if let Some(shared) = self.shared_pr.get() {
             shared.wait_ready().await;
         }
+        if let Some(shared) = self.shared_mode.get() {
+            shared.wait_ready().await;
+        }
         if let Some(answer) = self.state.lock().gate(nexus, &req) {
             return answer;
         }
@@ -489,6 +501,9 @@ impl Device {
                 self.report_target_port_groups(&req)
             }
             READ_ROUTING_TABLE => self.read_routing_table(&req),
+            op::MODE_SELECT_6 | op::MODE_SELECT_10 if self.shared_mode.get().is_some() => {
+                self.shared_mode_select(nexus, &req).await
+            }
             opcode => {
                 let result = self.lu.execute(req).await;
                 // SPC-4 §6.11: a MODE SELECT tells every other nexus.
@@ -637,7 +652,9 @@ impl Device {
     /// Establishes a unit attention for every nexus but `except` (e.g. MODE
     /// PARAMETERS CHANGED 2A/01 after `except` ran MODE SELECT).
     pub fn raise_all_except(&self, asc: Asc, except: &Nexus) {
-        self.state.lock().raise_all(asc, Some(except));
+        self.state
+            .lock()
+            .raise_all(asc, Some(&except.initiator_port));
     }
 
     /// The SAM-5 ADDITIONAL RESPONSE INFORMATION of QUERY ASYNCHRONOUS EVENT
@@ -861,6 +878,52 @@ impl Device {
         };
         if self.state.lock().spc2.as_deref() == Some(&*nexus.initiator_port) {
             crate::cluster::pr::release_spc2(shared.clone(), nexus.initiator_port.clone());
+        }
+    }
+
+    /// MODE SELECT on a volume whose mode parameters the cluster shares
+    /// ([`crate::cluster::mode`]): checked by the logical unit, applied to the
+    /// stored parameters with compare-and-set, GOOD once this device installed
+    /// them (installing raises MODE PARAMETERS CHANGED for the other nexuses, on
+    /// every node). A coordinator failure is HARDWARE ERROR, INTERNAL TARGET
+    /// FAILURE, and nothing changed on this node.
+    async fn shared_mode_select(&self, nexus: &Nexus, req: &ScsiRequest) -> ScsiResult {
+        let Some(shared) = self.shared_mode.get() else {
+            return self.lu.execute(req.clone()).await;
+        };
+        let (plan, transfer_len) = match self.lu.plan_mode_select(req) {
+            Some(Ok(planned)) => planned,
+            Some(Err(refused)) => return refused,
+            None => return self.lu.execute(req.clone()).await,
+        };
+        let sender = crate::cluster::mode::Sender::of(nexus);
+        match shared.update(|p| plan.apply(p), sender).await {
+            Ok(()) => good(Vec::new(), transfer_len),
+            Err(e) => {
+                tracing::error!(lu = %self.lu.config().name, error = %e, "shared MODE SELECT failed");
+                check(
+                    Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE),
+                    transfer_len,
+                )
+            }
+        }
+    }
+
+    /// Shares this device's mode parameters through the cluster (set once, by
+    /// [`crate::cluster::mode::attach`]).
+    pub(crate) fn set_shared_mode(&self, shared: Arc<crate::cluster::mode::SharedMode>) {
+        let _ = self.shared_mode.set(shared);
+    }
+
+    /// Installs mode parameters the cluster agreed on: the logical unit runs with
+    /// them from now on, and the nexuses [`crate::cluster::mode::hears`] names get
+    /// MODE PARAMETERS CHANGED.
+    pub(crate) fn install_shared_mode(&self, change: &crate::cluster::mode::Change) {
+        self.lu.set_mode_params(change.params);
+        if let Some(except) = crate::cluster::mode::hears(change, self.lu.config().relative_port) {
+            self.state
+                .lock()
+                .raise_all(ua::asc::MODE_PARAMETERS_CHANGED, except);
         }
     }
 

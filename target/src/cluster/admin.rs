@@ -571,6 +571,8 @@ async fn delete_volume(
     delete_options(a.coord.as_ref(), &name).await?;
     // A later volume of the same name starts without reservations.
     super::pr::forget(a.coord.as_ref(), &name).await?;
+    // ... and with the power-on mode parameters.
+    super::mode::forget(a.coord.as_ref(), &name).await?;
     info!(volume = %name, "volume deleted");
     a.wait_nodes(id, |s| *s == VolumeStatus::Absent).await?;
     Ok(Json(json!({ "deleted": name, "id": id.0 })))

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod lab;
 pub mod link;
+pub mod mode;
 pub mod portals;
 pub mod pr;
 pub mod resets;

@@ -321,6 +321,8 @@ impl NodeVolumes {
         super::view::attach(&export.device, p.state.clone(), id, p.node);
         // Reservations are the cluster's: every node follows the volume's key.
         super::pr::attach(&export.device, p.coord.clone(), &v.name);
+        // So are the mode parameters MODE SELECT changes (WCE, SWP).
+        super::mode::attach(&export.device, p.coord.clone(), &v.name);
         Ok(export)
     }
 

@@ -38,6 +38,7 @@ use mosaic_proto::scsi::{status, Asc, Cdb, RwCdb, Sense};
 
 use crate::store::BackingStore;
 
+pub use mode::{ModeParams, ModeSelectPlan};
 pub use opcodes::{Command, RESERVATION_COMMANDS, SUPPORTED_TMFS, SUPPORTED_TMFS_2};
 
 /// The largest READ or WRITE we execute, in bytes: bounds the memory one command can
@@ -278,6 +279,35 @@ impl LogicalUnit {
     /// The configuration this unit was built with.
     pub fn config(&self) -> &LuConfig {
         &self.cfg
+    }
+
+    /// The current values of the parameters MODE SELECT may change.
+    pub fn mode_params(&self) -> ModeParams {
+        self.mode.params()
+    }
+
+    /// Makes `p` the current mode parameters (a cluster installing what a MODE
+    /// SELECT through any node set, [`crate::cluster::mode`]).
+    pub fn set_mode_params(&self, p: ModeParams) {
+        self.mode.set(p);
+    }
+
+    /// For a MODE SELECT(6/10): checks it as [`LogicalUnit::execute`] would and
+    /// returns what it changes and its transfer length, changing nothing (`Err`:
+    /// the command's answer). `None` for any other command.
+    pub fn plan_mode_select(
+        &self,
+        req: &ScsiRequest,
+    ) -> Option<Result<(ModeSelectPlan, u32), ScsiResult>> {
+        match Cdb::decode(&req.cdb) {
+            Ok(Cdb::ModeSelect6(ms)) => {
+                Some(mode::plan_mode_select(self, &ms, false, &req.data_out))
+            }
+            Ok(Cdb::ModeSelect10(ms)) => {
+                Some(mode::plan_mode_select(self, &ms, true, &req.data_out))
+            }
+            _ => None,
+        }
     }
 
     /// Writes everything buffered to stable storage (shutdown, SYNCHRONIZE CACHE).
@@ -548,14 +578,30 @@ impl LogicalUnit {
     /// Writes `data` at block `lba`, then makes it durable when FUA asks for it or the
     /// write cache is disabled (WCE = 0 in the Caching mode page: every write is on
     /// stable storage before GOOD, SBC-3 §6.4.5). Failures are MEDIUM ERROR.
+    /// The durable write of a clustered volume sends each page with FUA to its
+    /// primary, which flushes its copy and has every replica flush theirs, instead
+    /// of flushing the volume on every node.
     async fn write_medium(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), Sense> {
-        if !data.is_empty() {
-            if let Err(e) = self.store.write_at(self.offset_of(lba), data).await {
-                tracing::warn!(lu = %self.cfg.name, lba, error = %e, "write failed");
-                return Err(Sense::new(key::MEDIUM_ERROR, Asc::WRITE_ERROR).with_information(lba));
-            }
+        if data.is_empty() {
+            return self.flush_if_needed(lba, fua).await;
         }
-        self.flush_if_needed(lba, fua).await
+        let offset = self.offset_of(lba);
+        let written = match &self.store {
+            BackingStore::Cluster(c) if fua || !self.mode.wce() => {
+                Box::pin(c.write_at(offset, data, true))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            _ => match self.store.write_at(offset, data).await {
+                Ok(()) => return self.flush_if_needed(lba, fua).await,
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        if let Err(e) = written {
+            tracing::warn!(lu = %self.cfg.name, lba, error = %e, "write failed");
+            return Err(Sense::new(key::MEDIUM_ERROR, Asc::WRITE_ERROR).with_information(lba));
+        }
+        Ok(())
     }
 
     /// Flushes when FUA is set or the write cache is disabled.

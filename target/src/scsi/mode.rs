@@ -49,7 +49,63 @@ impl Default for ModeState {
     }
 }
 
+/// The values of the parameters MODE SELECT may change, as one value: what a
+/// cluster shares between the nodes exporting a volume ([`crate::cluster::mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModeParams {
+    /// WCE of the Caching page.
+    pub wce: bool,
+    /// SWP of the Control page.
+    pub swp: bool,
+}
+
+impl Default for ModeParams {
+    /// The power-on values: write cache enabled, no software write protect.
+    fn default() -> ModeParams {
+        ModeParams {
+            wce: true,
+            swp: false,
+        }
+    }
+}
+
+/// What a valid MODE SELECT changes, to be applied to whatever parameters are
+/// current when it takes effect (the pages it carries set their parameters; the
+/// others keep theirs). Empty for a MODE SELECT without pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModeSelectPlan {
+    changes: Vec<Change>,
+}
+
+impl ModeSelectPlan {
+    /// `current` with this MODE SELECT's changes applied.
+    pub fn apply(&self, current: ModeParams) -> ModeParams {
+        let mut p = current;
+        for change in &self.changes {
+            match *change {
+                Change::Wce(v) => p.wce = v,
+                Change::Swp(v) => p.swp = v,
+            }
+        }
+        p
+    }
+}
+
 impl ModeState {
+    /// The current values.
+    pub(super) fn params(&self) -> ModeParams {
+        ModeParams {
+            wce: self.wce(),
+            swp: self.swp(),
+        }
+    }
+
+    /// Makes `p` the current values.
+    pub(super) fn set(&self, p: ModeParams) {
+        self.wce.store(p.wce, Ordering::Release);
+        self.swp.store(p.swp, Ordering::Release);
+    }
+
     /// Whether the write cache is enabled.
     pub(super) fn wce(&self) -> bool {
         self.wce.load(Ordering::Acquire)
@@ -229,25 +285,40 @@ pub(super) fn mode_select(
     ten: bool,
     data_out: &Bytes,
 ) -> ScsiResult {
+    match plan_mode_select(lu, ms, ten, data_out) {
+        Ok((plan, transfer_len)) => {
+            lu.mode.set(plan.apply(lu.mode.params()));
+            ScsiResult::ok(transfer_len)
+        }
+        Err(refused) => refused,
+    }
+}
+
+/// Checks a MODE SELECT as [`mode_select`] does and returns what it changes and its
+/// transfer length, without changing anything; `Err` is the command's answer.
+pub(super) fn plan_mode_select(
+    lu: &LogicalUnit,
+    ms: &ModeSelectCdb,
+    ten: bool,
+    data_out: &Bytes,
+) -> Result<(ModeSelectPlan, u32), ScsiResult> {
     let transfer_len = u32::from(ms.param_len);
     if !ms.pf && ms.param_len > 0 {
-        return ScsiResult::check(Sense::invalid_field_in_cdb(1, Some(4)), transfer_len);
+        return Err(ScsiResult::check(
+            Sense::invalid_field_in_cdb(1, Some(4)),
+            transfer_len,
+        ));
     }
     if ms.sp {
-        return ScsiResult::check(Sense::invalid_field_in_cdb(1, Some(0)), transfer_len);
+        return Err(ScsiResult::check(
+            Sense::invalid_field_in_cdb(1, Some(0)),
+            transfer_len,
+        ));
     }
     let list = &data_out[..data_out.len().min(usize::from(ms.param_len))];
     match parse_mode_select(lu, list, ten) {
-        Ok(changes) => {
-            for change in changes {
-                match change {
-                    Change::Wce(v) => lu.mode.wce.store(v, Ordering::Release),
-                    Change::Swp(v) => lu.mode.swp.store(v, Ordering::Release),
-                }
-            }
-            ScsiResult::ok(transfer_len)
-        }
-        Err(sense) => ScsiResult::check(sense, transfer_len),
+        Ok(changes) => Ok((ModeSelectPlan { changes }, transfer_len)),
+        Err(sense) => Err(ScsiResult::check(sense, transfer_len)),
     }
 }
 
