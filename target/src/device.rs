@@ -198,6 +198,23 @@ pub struct Device {
     /// In a cluster, the volume's mode parameters in the coordinator, shared by
     /// every node ([`crate::cluster::mode`]); unset: the logical unit's own.
     shared_mode: OnceLock<Arc<crate::cluster::mode::SharedMode>>,
+    /// Ends this node's sessions to the volume (a TARGET COLD RESET received by
+    /// another node); set by the server, which owns the sessions.
+    session_stopper: OnceLock<SessionStopper>,
+}
+
+/// Ends every session of this node to a device's target and resolves once they
+/// have ended (bounded) (see [`Device::set_session_stopper`]).
+#[derive(Clone)]
+pub struct SessionStopper(pub Arc<StopFn>);
+
+/// The function behind a [`SessionStopper`].
+pub type StopFn = dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync;
+
+impl std::fmt::Debug for SessionStopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionStopper")
+    }
 }
 
 /// Aborts every task of the sessions of these initiators (see
@@ -401,6 +418,7 @@ impl Device {
             task_aborter: OnceLock::new(),
             shared_pr: OnceLock::new(),
             shared_mode: OnceLock::new(),
+            session_stopper: OnceLock::new(),
         }
     }
 
@@ -451,6 +469,21 @@ impl Device {
     /// §5.13.11.2.4): the server, which owns the sessions, sets this once.
     pub fn set_task_aborter(&self, aborter: TaskAborter) {
         let _ = self.task_aborter.set(aborter);
+    }
+
+    /// Lets a TARGET COLD RESET received by another node of the cluster end this
+    /// node's sessions to the volume ([`crate::cluster::resets`]): the server,
+    /// which owns the sessions, sets this once.
+    pub fn set_session_stopper(&self, stopper: SessionStopper) {
+        let _ = self.session_stopper.set(stopper);
+    }
+
+    /// Ends this node's sessions to the volume and returns once they have ended
+    /// (bounded by the stopper); nothing without a stopper.
+    pub async fn stop_sessions(&self) {
+        if let Some(stop) = self.session_stopper.get() {
+            (stop.0)().await;
+        }
     }
 
     /// The logical unit below.
@@ -585,7 +618,7 @@ impl Device {
                 .await;
         }
         if let Some(c) = self.cluster.get() {
-            c.reset_peers(kind).await;
+            c.reset_peers(kind, self).await;
         }
     }
 

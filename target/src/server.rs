@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::cluster::portals::PortalLoad;
 use crate::config::{Backing, Settings};
-use crate::device::{Device, TaskAborter};
+use crate::device::{Device, SessionStopper, TaskAborter};
 use crate::latency::CommandLatency;
 use crate::login::{LoginTarget, TargetAccess};
 use crate::pr::Initiator;
@@ -97,16 +97,36 @@ impl Exports {
     }
 }
 
-/// Gives `e`'s device the hook PREEMPT AND ABORT uses (SPC-4 §5.13.11.2.4): abort
-/// every task of the sessions to `e`'s target whose initiator port is preempted.
+/// How long a TARGET COLD RESET received by another node waits for this node's
+/// sessions to the volume to end (they abort their tasks and close): within the
+/// announcing node's wait (`cluster::resets::PROPAGATION_LIMIT`).
+pub const COLD_RESET_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Gives `e`'s device the hooks into the node's sessions: the one PREEMPT AND
+/// ABORT uses (SPC-4 §5.13.11.2.4: abort every task of the sessions to `e`'s
+/// target whose initiator port is preempted), and the one a TARGET COLD RESET
+/// received by another node uses (end every session to `e`'s target).
 fn install_task_aborter(e: &Export, sessions: Weak<SessionRegistry>) {
     let iqn = e.iqn.clone();
+    let registry = sessions.clone();
     e.device
         .set_task_aborter(TaskAborter(Arc::new(move |who: &[Initiator]| {
-            if let Some(reg) = sessions.upgrade() {
+            if let Some(reg) = registry.upgrade() {
                 reg.abort_tasks_where(&iqn, |port| who.iter().any(|i| i.matches_port(port)));
             }
         })));
+    let iqn = e.iqn.clone();
+    e.device.set_session_stopper(SessionStopper(Arc::new(move || {
+        let (registry, iqn) = (sessions.upgrade(), iqn.clone());
+        Box::pin(async move {
+            if let Some(reg) = registry {
+                let late = reg.stop_target(&iqn, COLD_RESET_STOP_WAIT).await;
+                if late > 0 {
+                    tracing::warn!(target = %iqn, late, "sessions still ending after a cold reset");
+                }
+            }
+        })
+    })));
 }
 
 /// Everything the connections of a target share.

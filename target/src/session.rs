@@ -236,6 +236,34 @@ impl SessionRegistry {
         }
     }
 
+    /// Tells every session to `target_name` to stop (a TARGET COLD RESET received
+    /// by another node of the cluster) and waits, at most `limit`, until they have
+    /// ended; returns how many had not by then.
+    pub async fn stop_target(&self, target_name: &str, limit: std::time::Duration) -> usize {
+        let stopping: Vec<watch::Receiver<bool>> = {
+            let inner = self.inner.lock();
+            inner
+                .sessions
+                .values()
+                .filter(|e| e.key.target_name == target_name)
+                .map(|e| {
+                    let _ = e.stop.send(true);
+                    e.done.clone()
+                })
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut late = 0;
+        for mut done in stopping {
+            let ended = tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await;
+            // A closed channel means the handle is gone: the session ended.
+            if ended.is_err() {
+                late += 1;
+            }
+        }
+        late
+    }
+
     /// Whether a session with this TSIH is live.
     pub fn contains(&self, tsih: u16) -> bool {
         self.inner.lock().sessions.contains_key(&tsih)
@@ -363,6 +391,39 @@ mod tests {
             .is_err(),
             "session b was not"
         );
+    }
+
+    #[tokio::test]
+    async fn stopping_a_target_ends_its_sessions_only_and_waits_for_them() {
+        let reg = Arc::new(SessionRegistry::default());
+        let k = |isid, target: &str| SessionKey {
+            initiator_name: "iqn.i".into(),
+            isid,
+            target_name: target.into(),
+        };
+        let mut a = reg.register(k(1, "iqn.t:a"), 10).await.unwrap();
+        let b = reg.register(k(2, "iqn.t:b"), 10).await.unwrap();
+        let a_tsih = a.tsih;
+        let ending = tokio::spawn(async move {
+            a.stop.wait_for(|s| *s).await.unwrap();
+            drop(a);
+        });
+        let limit = std::time::Duration::from_secs(5);
+        assert_eq!(
+            reg.stop_target("iqn.t:a", limit).await,
+            0,
+            "a ended in time"
+        );
+        assert!(!reg.contains(a_tsih));
+        assert!(!*b.stop.borrow(), "b is another target's");
+        ending.await.unwrap();
+        // A session that does not end is reported late, not waited for forever.
+        assert_eq!(
+            reg.stop_target("iqn.t:b", std::time::Duration::from_millis(20))
+                .await,
+            1
+        );
+        assert!(*b.stop.borrow());
     }
 
     #[tokio::test]

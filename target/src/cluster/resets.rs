@@ -11,20 +11,27 @@
 //!   (`{"kind": ..., "node": ...}`) and waits, bounded by [`PROPAGATION_LIMIT`],
 //!   until every other node that is not failed has put
 //!   `/mosaic/resets-applied/<volume id>/<node id>` = the revision of that put;
-//! - each node's device of the volume follows its reset key ([`follow`]): a reset
-//!   from another node is applied with [`Device::reset_by_peer`], then acknowledged.
+//! - each node follows the volume's reset key, once for all its devices of the
+//!   volume ([`NodeResets`]: after a resize an old and a new device coexist): a
+//!   reset from another node is applied to every one with
+//!   [`Device::reset_by_peer`]; a TARGET COLD RESET also ends their sessions on
+//!   that node ([`Device::stop_sessions`], waited for), as it ends every session
+//!   on a stand-alone target; then the node acknowledges. The receiving node's
+//!   other devices of the volume take the reset at once
+//!   ([`NodeResets::apply_here`]).
 //!
 //! Only then does the task management response go out, so an initiator that sends
 //! its next command to another node already finds the unit attention there (the
 //! libiscsi test SCSI.MultipathIO.Reset does exactly that).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use mosaic_coord::{Coordinator, EventKind, KeyRange, Revision};
 use mosaic_routing::{NodeId, NodeState, RoutingTable, VolumeId};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -41,6 +48,8 @@ pub const APPLIED_PREFIX: &str = "/mosaic/resets-applied/";
 pub const PROPAGATION_LIMIT: Duration = Duration::from_secs(5);
 /// Pause before a follower watches again after its watch ended.
 const REWATCH_PAUSE: Duration = Duration::from_millis(100);
+/// How often a follower without news checks that its volume still has devices.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// Why announcing a reset failed.
 #[derive(Debug, Error)]
@@ -176,79 +185,179 @@ async fn announce_within(
     }
 }
 
-/// Applies to `device` (the export of `volume` on `node`) every reset another
-/// node announces from now on, and acknowledges each. Ends with the device.
-pub fn follow(
-    device: Weak<Device>,
+/// The devices of each volume on one node. Usually one per volume, but right
+/// after a resize the old device (kept by the sessions logged in before) and the
+/// new one coexist: a reset must reach both before the node acknowledges it. So
+/// one task per volume and node follows the volume's reset key
+/// ([`NodeResets::follow`]) and applies each reset to every live device of the
+/// volume here, stops their sessions for a cold reset, and only then
+/// acknowledges. It ends once the volume has no device left on the node.
+#[derive(Debug, Default)]
+pub struct NodeResets {
+    volumes: Mutex<HashMap<VolumeId, Vec<Weak<Device>>>>,
+}
+
+impl NodeResets {
+    /// Adds `device`, an export of `volume` here; `true` when it is the only live
+    /// one (no follower runs for the volume: the caller starts one).
+    fn register(&self, volume: VolumeId, device: &Arc<Device>) -> bool {
+        let mut volumes = self.volumes.lock();
+        let devices = volumes.entry(volume).or_default();
+        devices.retain(|d| d.strong_count() > 0);
+        let first = devices.is_empty();
+        devices.push(Arc::downgrade(device));
+        first
+    }
+
+    /// The live devices of `volume` here; `None` when none is left, and then the
+    /// volume is forgotten (its follower ends; a later device starts a new one).
+    fn live(&self, volume: VolumeId) -> Option<Vec<Arc<Device>>> {
+        let mut volumes = self.volumes.lock();
+        let devices = volumes.get_mut(&volume)?;
+        let live: Vec<Arc<Device>> = devices.iter().filter_map(Weak::upgrade).collect();
+        if live.is_empty() {
+            volumes.remove(&volume);
+            return None;
+        }
+        devices.retain(|d| d.strong_count() > 0);
+        Some(live)
+    }
+
+    /// A reset received here through `from` (which applied it already) reaches the
+    /// node's other devices of `volume`.
+    pub fn apply_here(&self, volume: VolumeId, kind: ResetKind, from: &Device) {
+        for d in self.live(volume).unwrap_or_default() {
+            if !std::ptr::eq(Arc::as_ptr(&d), from) {
+                d.reset_by_peer(kind);
+            }
+        }
+    }
+
+    /// Makes the resets other nodes announce for `volume` from now on reach
+    /// `device` (the export of `volume` on `node`), with the node's other devices
+    /// of the volume: the first device of a volume starts the volume's follower,
+    /// the others join it. Returns the follower when one was started.
+    pub fn follow(
+        self: &Arc<Self>,
+        device: &Arc<Device>,
+        coord: Arc<dyn Coordinator>,
+        volume: VolumeId,
+        node: NodeId,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.register(volume, device) {
+            return None;
+        }
+        Some(tokio::spawn(follow_volume(
+            self.clone(),
+            coord,
+            volume,
+            node,
+        )))
+    }
+}
+
+/// Applies every reset another node announces for `volume` to the node's devices
+/// of it ([`NodeResets::live`]): the reset's unit attentions, and for a cold reset
+/// the end of their sessions; then acknowledges it. Ends when the volume has no
+/// device on the node any more.
+async fn follow_volume(
+    resets: Arc<NodeResets>,
     coord: Arc<dyn Coordinator>,
     volume: VolumeId,
     node: NodeId,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let key = reset_key(volume);
-        // Resets announced before the device existed are not its business.
-        let mut start = match coord.get(KeyRange::key(key.clone())).await {
-            Ok(g) => g.revision + 1,
+) {
+    let key = reset_key(volume);
+    // Resets announced before the volume's first device existed are not its
+    // business.
+    let mut start = match coord.get(KeyRange::key(key.clone())).await {
+        Ok(g) => g.revision + 1,
+        Err(e) => {
+            warn!(%volume, "reading the reset key: {e}");
+            1
+        }
+    };
+    loop {
+        if resets.live(volume).is_none() {
+            return;
+        }
+        let mut watch = match coord.watch(KeyRange::key(key.clone()), Some(start)).await {
+            Ok(w) => w,
             Err(e) => {
-                warn!(%volume, "reading the reset key: {e}");
-                1
+                warn!(%volume, "watching resets: {e}");
+                tokio::time::sleep(REWATCH_PAUSE).await;
+                continue;
             }
         };
         loop {
-            if device.strong_count() == 0 {
-                return;
-            }
-            let mut watch = match coord.watch(KeyRange::key(key.clone()), Some(start)).await {
-                Ok(w) => w,
-                Err(e) => {
-                    warn!(%volume, "watching resets: {e}");
-                    tokio::time::sleep(REWATCH_PAUSE).await;
+            let resp = tokio::select! {
+                r = watch.recv() => r,
+                // Wake up now and then to notice that the devices are gone.
+                _ = tokio::time::sleep(IDLE_CHECK) => {
+                    if resets.live(volume).is_none() {
+                        return;
+                    }
                     continue;
                 }
             };
-            loop {
-                let resp = match watch.recv().await {
-                    Ok(r) => r,
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(%volume, "reset watch ended: {e}");
+                    tokio::time::sleep(REWATCH_PAUSE).await;
+                    break;
+                }
+            };
+            let Some(devices) = resets.live(volume) else {
+                return;
+            };
+            for ev in resp.events {
+                if ev.kind != EventKind::Put {
+                    continue;
+                }
+                let revision = ev.revision();
+                start = revision + 1;
+                let event: ResetEvent = match serde_json::from_slice(&ev.kv.value) {
+                    Ok(e) => e,
                     Err(e) => {
-                        debug!(%volume, "reset watch ended: {e}");
-                        tokio::time::sleep(REWATCH_PAUSE).await;
-                        break;
+                        warn!(%volume, "ignoring a reset event: {e}");
+                        continue;
                     }
                 };
-                let Some(dev) = device.upgrade() else { return };
-                for ev in resp.events {
-                    if ev.kind != EventKind::Put {
-                        continue;
-                    }
-                    let revision = ev.revision();
-                    start = revision + 1;
-                    let event: ResetEvent = match serde_json::from_slice(&ev.kv.value) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            warn!(%volume, "ignoring a reset event: {e}");
-                            continue;
-                        }
-                    };
-                    if event.node == node.0 {
-                        continue;
-                    }
-                    debug!(%volume, %node, from = event.node, kind = ?event.kind, "reset from a peer");
-                    dev.reset_by_peer(event.kind.into());
-                    let ack = coord
-                        .put(
-                            Bytes::from(applied_key(volume, node)),
-                            Bytes::from(revision.to_string()),
-                            None,
-                        )
-                        .await;
-                    if let Err(e) = ack {
-                        warn!(%volume, "acknowledging a reset: {e}");
-                    }
+                if event.node == node.0 {
+                    // The receiving node applied it to all its devices itself.
+                    continue;
                 }
-                start = start.max(resp.revision + 1);
+                debug!(%volume, %node, from = event.node, kind = ?event.kind, devices = devices.len(), "reset from a peer");
+                apply(&devices, event.kind.into()).await;
+                let ack = coord
+                    .put(
+                        Bytes::from(applied_key(volume, node)),
+                        Bytes::from(revision.to_string()),
+                        None,
+                    )
+                    .await;
+                if let Err(e) = ack {
+                    warn!(%volume, "acknowledging a reset: {e}");
+                }
             }
+            start = start.max(resp.revision + 1);
         }
-    })
+    }
+}
+
+/// What a reset from another node does to this node's devices of the volume: the
+/// reset's unit attentions on every one, and, for a TARGET COLD RESET, the end of
+/// every session to them (RFC 7143 §11.5.1: a cold reset drops every connection
+/// of the target), waited for, so that the acknowledgement follows it.
+async fn apply(devices: &[Arc<Device>], kind: ResetKind) {
+    for d in devices {
+        d.reset_by_peer(kind);
+    }
+    if kind == ResetKind::TargetCold {
+        for d in devices {
+            d.stop_sessions().await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -308,6 +417,7 @@ mod tests {
         let t = table(3);
         let volume = VolumeId(7);
         let devices: Vec<Arc<Device>> = (1..=3).map(device).collect();
+        let mut followers = Vec::new();
         // One initiator with a session at each node (each node its own port group).
         let nexus: Vec<Nexus> = (1..=3u16)
             .map(|n| Nexus::new("iqn.i", 1, "iqn.t:v", n, n))
@@ -316,12 +426,10 @@ mod tests {
             // A first command makes the nexus known (its power-on attention is used up).
             let _ = tur(d, &nexus[i]).await;
             assert_eq!(tur(d, &nexus[i]).await.0, status::GOOD);
-            follow(
-                Arc::downgrade(d),
-                coord.clone(),
-                volume,
-                NodeId(i as u32 + 1),
-            );
+            let node = Arc::new(NodeResets::default());
+            node.follow(d, coord.clone(), volume, NodeId(i as u32 + 1))
+                .expect("the volume's first device starts its follower");
+            followers.push(node);
         }
         // Let the followers start watching.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -346,6 +454,120 @@ mod tests {
             );
             assert_eq!(tur(d, n).await.0, status::GOOD);
         }
+    }
+
+    /// Right after a resize a node has an old and a new device of the volume: a
+    /// reset from another node reaches both before the node acknowledges (one
+    /// follower for the two), a reset received through one reaches the other at
+    /// once, and the follower ends with the last device.
+    #[tokio::test]
+    async fn a_reset_reaches_every_device_of_the_volume_on_a_node_before_its_ack() {
+        let coord: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::default());
+        let t = table(2);
+        let volume = VolumeId(9);
+        let here = Arc::new(NodeResets::default());
+        let (old, new) = (device(2), device(2));
+        let (a, b) = (
+            Nexus::new("iqn.a", 1, "iqn.t:v", 2, 2),
+            Nexus::new("iqn.b", 2, "iqn.t:v", 2, 2),
+        );
+        for (d, n) in [(&old, &a), (&new, &b)] {
+            let _ = tur(d, n).await;
+            assert_eq!(tur(d, n).await.0, status::GOOD);
+        }
+        let follower = here
+            .follow(&old, coord.clone(), volume, NodeId(2))
+            .expect("the first device starts the follower");
+        assert!(
+            here.follow(&new, coord.clone(), volume, NodeId(2))
+                .is_none(),
+            "the second device joins it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        announce(coord.as_ref(), &t, volume, NodeId(1), ResetKind::TargetWarm)
+            .await
+            .expect("node 2 acknowledges");
+        for (d, n) in [(&old, &a), (&new, &b)] {
+            assert_eq!(
+                d.pending_unit_attentions(n),
+                vec![crate::ua::asc::SCSI_BUS_RESET_OCCURRED],
+                "{}",
+                n.initiator_port
+            );
+            let _ = tur(d, n).await;
+        }
+        // A LOGICAL UNIT RESET received through the new device reaches the old one
+        // too, and is not raised again on the new one (whose nexus already heard).
+        new.reset(ResetKind::LogicalUnit, &b);
+        assert_eq!(tur(&new, &b).await.0, status::CHECK_CONDITION);
+        here.apply_here(volume, ResetKind::LogicalUnit, &new);
+        assert_eq!(
+            old.pending_unit_attentions(&a),
+            vec![crate::ua::asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED]
+        );
+        assert!(new.pending_unit_attentions(&b).is_empty());
+        // Both devices gone: the follower ends at the next reset, acknowledging
+        // nothing.
+        drop((old, new));
+        let late = announce_within(
+            coord.as_ref(),
+            &t,
+            volume,
+            NodeId(1),
+            ResetKind::LogicalUnit,
+            Duration::from_millis(200),
+        )
+        .await;
+        assert!(
+            matches!(late, Err(ResetError::Late(ref n)) if n == &[2]),
+            "{late:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(10), follower)
+            .await
+            .expect("the follower ends")
+            .unwrap();
+    }
+
+    /// A TARGET COLD RESET from another node ends this node's sessions to the
+    /// volume before the node acknowledges it; other resets leave them.
+    #[tokio::test]
+    async fn a_cold_reset_from_another_node_stops_the_sessions_before_the_ack() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let coord: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::default());
+        let t = table(2);
+        let volume = VolumeId(4);
+        let here = Arc::new(NodeResets::default());
+        let d = device(2);
+        let stopped = Arc::new(AtomicUsize::new(0));
+        let counter = stopped.clone();
+        d.set_session_stopper(crate::device::SessionStopper(Arc::new(move || {
+            let counter = counter.clone();
+            Box::pin(async move {
+                // Sessions take a moment to end: the acknowledgement waits.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+            })
+        })));
+        here.follow(&d, coord.clone(), volume, NodeId(2));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for kind in [ResetKind::LogicalUnit, ResetKind::TargetWarm] {
+            announce(coord.as_ref(), &t, volume, NodeId(1), kind)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            stopped.load(Ordering::SeqCst),
+            0,
+            "warm resets keep sessions"
+        );
+        announce(coord.as_ref(), &t, volume, NodeId(1), ResetKind::TargetCold)
+            .await
+            .unwrap();
+        assert_eq!(
+            stopped.load(Ordering::SeqCst),
+            1,
+            "sessions ended before the acknowledgement"
+        );
     }
 
     #[tokio::test]

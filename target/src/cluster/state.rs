@@ -51,6 +51,9 @@ pub enum StateError {
 pub struct ClusterState {
     coord: Arc<dyn Coordinator>,
     table: watch::Sender<Arc<RoutingTable>>,
+    /// The node's devices of each volume, which resets reach together
+    /// ([`super::resets::NodeResets`]).
+    resets: Arc<super::resets::NodeResets>,
 }
 
 fn decode(value: &[u8]) -> Result<RoutingTable, StateError> {
@@ -84,7 +87,11 @@ impl ClusterState {
             .ok_or_else(|| StateError::Corrupt("routing key vanished".into()))?;
         let table = Arc::new(decode(&kv.value)?);
         let (tx, _) = watch::channel(table);
-        let state = Arc::new(ClusterState { coord, table: tx });
+        let state = Arc::new(ClusterState {
+            coord,
+            table: tx,
+            resets: Arc::default(),
+        });
         let follower = Arc::downgrade(&state);
         let start = got.revision + 1;
         tokio::spawn(async move { follow(follower, start).await });
@@ -94,6 +101,11 @@ impl ClusterState {
     /// The coordinator the state lives in.
     pub fn coordinator(&self) -> &Arc<dyn Coordinator> {
         &self.coord
+    }
+
+    /// The node's devices of each volume as resets see them.
+    pub fn resets(&self) -> &Arc<super::resets::NodeResets> {
+        &self.resets
     }
 
     /// The current table (cheap: an `Arc` clone).

@@ -39,7 +39,9 @@ pub trait ClusterView: Send + Sync + Debug {
     /// Takes a reset received by this node to the volume's devices on the other
     /// nodes, resolving once they have it ([`super::resets`]). Nothing to do
     /// by default (a one-node view).
-    fn reset_peers(&self, _kind: ResetKind) -> BoxFuture<'static, ()> {
+    /// `from` is the device that received it (the node's other devices of the
+    /// volume, if any, take it too).
+    fn reset_peers(&self, _kind: ResetKind, _from: &Device) -> BoxFuture<'static, ()> {
         Box::pin(async {})
     }
 }
@@ -73,7 +75,10 @@ impl ClusterView for VolumeView {
     fn node(&self) -> NodeId {
         self.node
     }
-    fn reset_peers(&self, kind: ResetKind) -> BoxFuture<'static, ()> {
+    fn reset_peers(&self, kind: ResetKind, from: &Device) -> BoxFuture<'static, ()> {
+        // This node's other devices of the volume (an old one kept by sessions
+        // after a resize) take it now, as the other nodes' devices will.
+        self.state.resets().apply_here(self.volume, kind, from);
         let (state, volume, node) = (self.state.clone(), self.volume, self.node);
         Box::pin(async move {
             let table = state.table();
@@ -169,7 +174,8 @@ pub fn affects(old: &RoutingTable, new: &RoutingTable, volume: VolumeId) -> bool
 /// the node's exports: sessions keep the device they logged in to even when the
 /// export is replaced (a resize builds a new one), and they must hear of changes
 /// too. It ends at the first change after the device is dropped, or with `state`.
-/// Resets received by other nodes reach the device too ([`super::resets::follow`]).
+/// Resets received by other nodes reach the device too
+/// ([`super::resets::NodeResets::follow`]).
 /// Outside a tokio runtime only the view is attached (`None`).
 pub fn attach(
     device: &Arc<Device>,
@@ -181,10 +187,11 @@ pub fn attach(
     // Taken now, not when the task first runs: a change in between must count.
     let mut seen = rx.borrow_and_update().clone();
     let coord = state.coordinator().clone();
+    let resets = state.resets().clone();
     device.attach_cluster(Arc::new(VolumeView::new(state, volume, node)));
     let runtime = tokio::runtime::Handle::try_current().ok()?;
+    resets.follow(device, coord, volume, node);
     let device: Weak<Device> = Arc::downgrade(device);
-    super::resets::follow(device.clone(), coord, volume, node);
     Some(runtime.spawn(async move {
         while rx.changed().await.is_ok() {
             let next = rx.borrow_and_update().clone();
