@@ -573,6 +573,7 @@ async fn delete_volume(
     super::pr::forget(a.coord.as_ref(), &name).await?;
     // ... and with the power-on mode parameters.
     super::mode::forget(a.coord.as_ref(), &name).await?;
+    super::resets::forget(a.coord.as_ref(), id).await?;
     info!(volume = %name, "volume deleted");
     a.wait_nodes(id, |s| *s == VolumeStatus::Absent).await?;
     Ok(Json(json!({ "deleted": name, "id": id.0 })))

@@ -360,6 +360,18 @@ async fn apply(devices: &[Arc<Device>], kind: ResetKind) {
     }
 }
 
+/// Removes `volume`'s reset key and acknowledgements (the volume is deleted).
+pub async fn forget(
+    coord: &dyn Coordinator,
+    volume: VolumeId,
+) -> Result<(), mosaic_coord::CoordError> {
+    coord.delete(KeyRange::key(reset_key(volume))).await?;
+    coord
+        .delete(KeyRange::prefix(applied_prefix(volume)))
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,6 +606,40 @@ mod tests {
         )
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_volume_removes_its_reset_keys_only() {
+        let coord: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::default());
+        for v in [VolumeId(1), VolumeId(2)] {
+            announce(
+                coord.as_ref(),
+                &table(1),
+                v,
+                NodeId(1),
+                ResetKind::TargetWarm,
+            )
+            .await
+            .unwrap();
+            coord
+                .put(
+                    Bytes::from(applied_key(v, NodeId(2))),
+                    Bytes::from("1"),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        forget(coord.as_ref(), VolumeId(1)).await.unwrap();
+        let count = |prefix: &str| {
+            let coord = coord.clone();
+            let prefix = prefix.to_string();
+            async move { coord.get(KeyRange::prefix(prefix)).await.unwrap().kvs.len() }
+        };
+        assert_eq!(count(&reset_key(VolumeId(1))).await, 0);
+        assert_eq!(count(&applied_prefix(VolumeId(1))).await, 0);
+        assert_eq!(count(&reset_key(VolumeId(2))).await, 1);
+        assert_eq!(count(&applied_prefix(VolumeId(2))).await, 1);
     }
 
     #[test]
