@@ -276,6 +276,10 @@ impl ScsiResult {
 pub const GOOD: u8 = 0x00;
 /// SCSI status CHECK CONDITION.
 pub const CHECK_CONDITION: u8 = 0x02;
+/// Sense key UNIT ATTENTION.
+pub const UNIT_ATTENTION: u8 = 0x06;
+/// More unit attentions queued on one nexus than a test ever causes.
+pub const MAX_UNIT_ATTENTIONS: usize = 8;
 
 /// The 8-byte LUN field for a single-level LUN (SAM-5 peripheral addressing).
 pub fn lun_field(lun: u64) -> u64 {
@@ -768,6 +772,27 @@ impl Session {
     /// TEST UNIT READY.
     pub fn test_unit_ready(&mut self) -> Result<ScsiResult> {
         self.command(&[0x00, 0, 0, 0, 0, 0], &[], 0)
+    }
+
+    /// TEST UNIT READY until GOOD, taking every pending unit attention: their
+    /// (ASC, ASCQ) in the order reported. Panics on any other answer, and when
+    /// they do not run out within [`MAX_UNIT_ATTENTIONS`] commands.
+    pub fn drain_unit_attentions(&mut self) -> Vec<(u8, u8)> {
+        let mut seen = Vec::new();
+        for _ in 0..MAX_UNIT_ATTENTIONS {
+            let r = self.test_unit_ready().expect("TEST UNIT READY");
+            if r.status == GOOD {
+                return seen;
+            }
+            assert_eq!(r.status, CHECK_CONDITION, "TEST UNIT READY status");
+            let (key, asc, ascq) = r.sense_key().expect("sense data");
+            assert_eq!(
+                key, UNIT_ATTENTION,
+                "only unit attentions expected, sense {key:#x}/{asc:#x}/{ascq:#x}"
+            );
+            seen.push((asc, ascq));
+        }
+        panic!("unit attentions never ran out: {seen:x?}");
     }
 
     /// READ CAPACITY (16): (number of blocks, block size).

@@ -6,6 +6,8 @@
 //!
 //! - [`server`]: find the `mosaic` binary, start it on a free port, wait until it
 //!   listens, stop it (SIGTERM, then SIGKILL) when the guard drops.
+//! - [`lab`]: start a `mosaic lab` cluster on free ports, run `mosaic` client
+//!   commands against its admin endpoint, parse `mosaic routing show`.
 //! - [`tools`]: find external tools (skip outside CI when one is absent, fail in CI),
 //!   run them with a time limit.
 //! - [`cunit`]: read the CUnit output of libiscsi's `iscsi-test-cu`.
@@ -15,6 +17,7 @@
 
 pub mod cunit;
 pub mod initiator;
+pub mod lab;
 pub mod pattern;
 pub mod server;
 pub mod tools;

@@ -42,6 +42,14 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// Writes `len` random bytes from `seed` to `path` (an image for qemu-img); returns
+/// them. Random data leaves no block all zeros, so every block written is allocated.
+pub fn random_file(path: &std::path::Path, seed: u64, len: usize) -> Vec<u8> {
+    let data = bytes(seed, len);
+    std::fs::write(path, &data).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    data
+}
+
 /// Where two equal-length buffers first differ, as a message for an assertion.
 pub fn first_difference(a: &[u8], b: &[u8]) -> Option<String> {
     if a.len() != b.len() {

@@ -204,7 +204,7 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
 const BANNER_END: &str = "Stop with Ctrl-C.";
 
 /// A free TCP port on 127.0.0.1 (free when asked; the caller retries on a clash).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -9,63 +9,23 @@
 //! - Discovery at the group portal lists every portal of every node, each with its
 //!   node's portal group tag; a login there ends on a redirected node portal.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use mosaic_tests::server::{mosaic_bin, Mosaic};
-use mosaic_tests::tools::{self, RunOutput};
+use mosaic_tests::lab::{Lab, LabOptions, NodePages, NICS, NODES};
+use mosaic_tests::tools;
 
 const TOOL_LIMIT: Duration = Duration::from_secs(300);
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 const IMAGE_BYTES: usize = 256 << 20;
 /// The lab's default page size: the 256 MiB volume has 16 pages.
 const PAGE_BYTES: u64 = 16 << 20;
 
-/// A port free on every lab address (node portals and, one higher, links).
-fn lab_port() -> u16 {
-    mosaic_tests::server::lab_port(NODES, NICS)
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
-/// A lab with the 256 MiB volume `lv`: (lab, node port, group portal, admin endpoint).
-fn start_lab() -> (Mosaic, u16, SocketAddr, SocketAddr) {
-    let port = lab_port();
-    let group = free_addr();
-    let admin = free_addr();
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        // Bound before the banner is printed, so it answers once the lab has started.
-        "--admin",
-        &admin.to_string(),
-        "--data-dir",
-        "data",
-        "--volume",
-        "name=lv,size=256M,backing=file",
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let lab =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
-    (lab, port, group, admin)
-}
-
-fn ok(out: RunOutput, what: &str) -> RunOutput {
-    assert!(out.success(), "{what} failed:\n{}", out.both());
-    out
+/// A lab with the 256 MiB volume `lv`.
+fn start_lab() -> Lab {
+    LabOptions::new()
+        .volume("name=lv,size=256M,backing=file")
+        .start()
 }
 
 #[test]
@@ -82,18 +42,16 @@ fn lab_cluster_serves_the_same_bytes_through_every_node() {
     let Some(ls) = tools::require(test, "iscsi-ls", "libiscsi-bin") else {
         return;
     };
-    let (mut lab, port, group, admin) = start_lab();
-    let iqn = "iqn.2026-11.io.mosaic:lv";
-    let url = |addr: String| format!("iscsi://{addr}/{iqn}/0");
+    let mut lab = start_lab();
+    let (port, group) = (lab.port, lab.group);
+    let url = |addr: String| lab.url(addr, "lv");
 
     // Discovery at the group portal: every portal of every node, with its group.
-    let disc = ok(
-        tools::run(
-            Command::new(&ls).arg(format!("iscsi://{group}")),
-            TOOL_LIMIT,
-        ),
-        "iscsi-ls at the group portal",
-    );
+    let disc = tools::run(
+        Command::new(&ls).arg(format!("iscsi://{group}")),
+        TOOL_LIMIT,
+    )
+    .assert_success("iscsi-ls at the group portal");
     for node in 1..=NODES {
         for nic in 1..=NICS {
             let want = format!("127.0.{node}.{nic}:{port},{node}");
@@ -108,31 +66,11 @@ fn lab_cluster_serves_the_same_bytes_through_every_node() {
     // 256 MiB of random data through node 1.
     let dir = tempfile::tempdir().expect("temp dir");
     let image = dir.path().join("random.img");
-    let mut data = vec![0u8; IMAGE_BYTES];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::write(&image, &data).expect("write image");
+    mosaic_tests::pattern::random_file(&image, 1, IMAGE_BYTES);
     let image = image.to_str().expect("utf-8").to_string();
-    ok(
-        tools::run(
-            qemu.command().args([
-                "convert",
-                "-n",
-                "-f",
-                "raw",
-                "-O",
-                "raw",
-                &image,
-                &url(format!("127.0.1.1:{port}")),
-            ]),
-            TOOL_LIMIT,
-        ),
+    qemu.convert(
         "qemu-img convert into node 1",
+        &["-n", &image, &url(format!("127.0.1.1:{port}"))],
     );
     // The same bytes through the other nodes and through the group portal.
     for addr in [
@@ -140,26 +78,11 @@ fn lab_cluster_serves_the_same_bytes_through_every_node() {
         format!("127.0.3.2:{port}"),
         group.to_string(),
     ] {
-        let out = ok(
-            tools::run(
-                qemu.command().args([
-                    "compare",
-                    "-f",
-                    "raw",
-                    "-F",
-                    "raw",
-                    &image,
-                    &url(addr.clone()),
-                ]),
-                TOOL_LIMIT,
-            ),
-            &format!("qemu-img compare through {addr}"),
-        );
-        assert!(out.both().contains("identical"), "{addr}: {}", out.both());
+        qemu.assert_identical(&image, &url(addr));
     }
 
-    lab.assert_alive("after the cluster I/O");
-    let log = lab.log();
+    lab.mosaic.assert_alive("after the cluster I/O");
+    let log = lab.mosaic.log();
     assert!(
         log.contains("login redirected"),
         "group portal redirected:\n{log}"
@@ -167,32 +90,27 @@ fn lab_cluster_serves_the_same_bytes_through_every_node() {
     // The routing view: every page has a primary, and every node is primary of
     // some. Each node's file holds the data of each page the view gives it (the
     // image is random, so every byte written is allocated).
-    let routing = ok(
-        tools::run(
-            Command::new(mosaic_bin())
-                .args(["routing", "show", "lv", "--admin"])
-                .arg(admin.to_string()),
-            TOOL_LIMIT,
-        ),
-        "mosaic routing show lv",
-    )
-    .stdout;
+    let (routing, shown) = lab.routing("lv");
     eprintln!("mosaic routing show lv:\n{routing}");
-    let per_node = pages_per_node(&routing);
     assert_eq!(
-        per_node.iter().map(|r| r.0).collect::<Vec<_>>(),
+        shown.nodes.iter().map(|r| r.node).collect::<Vec<_>>(),
         (1..=NODES).collect::<Vec<_>>(),
         "a row per node:\n{routing}"
     );
     let pages = IMAGE_BYTES as u64 / PAGE_BYTES;
     assert_eq!(
-        per_node.iter().map(|r| r.1).sum::<u64>(),
+        shown.nodes.iter().map(|r| r.primary).sum::<u64>(),
         pages,
         "every page has one primary:\n{routing}"
     );
-    for &(node, primary, replica) in &per_node {
+    for &NodePages {
+        node,
+        primary,
+        replica,
+    } in &shown.nodes
+    {
         assert!(primary > 0, "node {node} is primary of no page:\n{routing}");
-        let img = lab.scratch().join(format!("data/node{node}/lv.img"));
+        let img = lab.mosaic.scratch().join(format!("data/node{node}/lv.img"));
         let allocated = std::fs::metadata(&img)
             .map(|m| {
                 use std::os::unix::fs::MetadataExt;
@@ -205,19 +123,6 @@ fn lab_cluster_serves_the_same_bytes_through_every_node() {
              has only {allocated} bytes allocated"
         );
     }
-}
-
-/// Pages per node from `mosaic routing show`: (node, primary pages, replica pages).
-fn pages_per_node(out: &str) -> Vec<(u32, u64, u64)> {
-    out.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                [n, p, r] => Some((n.parse().ok()?, p.parse().ok()?, r.parse().ok()?)),
-                _ => None,
-            }
-        })
-        .collect()
 }
 
 /// Logs in `n` connections of MPIO group `group` at the group portal, each kept
@@ -248,7 +153,8 @@ fn mpio_groups_land_on_distinct_nics_spread_over_nodes() {
     if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
         return;
     }
-    let (mut lab, _port, group, _admin) = start_lab();
+    let mut lab = start_lab();
+    let group = lab.group;
     let (_a_sessions, a) = mpio_group(group, "disk-a", 4);
     let mut distinct = a.clone();
     distinct.sort();
@@ -283,5 +189,5 @@ fn mpio_groups_land_on_distinct_nics_spread_over_nodes() {
         !a.contains(&b[0]) && !a.contains(&b[1]),
         "b's first picks avoid a's NICs: a={a:?} b={b:?}"
     );
-    lab.assert_alive("after the MPIO logins");
+    lab.mosaic.assert_alive("after the MPIO logins");
 }

@@ -18,12 +18,11 @@
 //! ITNexusLoss) run across nodes too.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
 use mosaic_tests::cunit::{self, Verdict};
-use mosaic_tests::server::Mosaic;
+use mosaic_tests::lab::{Lab, LabOptions, NODES};
 use mosaic_tests::tools;
 
 const INIT1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
@@ -31,8 +30,6 @@ const INIT2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
 /// One node's run takes about half a minute; this leaves room for a loaded box.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
 const LIST_LIMIT: Duration = Duration::from_secs(30);
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 /// The volume of the run through node `i` is `full<i>`.
 const VOLUME_PREFIX: &str = "full";
 
@@ -82,36 +79,15 @@ fn test_selection(cu: &std::path::Path, excluded: &[&str]) -> String {
     selection.join(",")
 }
 
-fn start_lab() -> (Mosaic, u16) {
-    let port = mosaic_tests::server::lab_port(NODES, NICS);
-    let group: SocketAddr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free group port");
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--page-size",
-        "1M",
-        "--data-dir",
-        "data",
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain((1..=NODES).flat_map(|i| {
-        [
-            "--volume".to_string(),
-            format!("name={VOLUME_PREFIX}{i},size=64M,backing=file,provisioning=thin"),
-        ]
-    }))
-    .collect();
-    let lab =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
-    (lab, port)
+/// A lab with one thin 64 MiB volume per node's run, in 1 MiB pages.
+fn start_lab() -> Lab {
+    (1..=NODES)
+        .fold(LabOptions::new().page_size("1M"), |o, i| {
+            o.volume(format!(
+                "name={VOLUME_PREFIX}{i},size=64M,backing=file,provisioning=thin"
+            ))
+        })
+        .start()
 }
 
 #[test]
@@ -125,10 +101,10 @@ fn the_whole_suite_passes_through_each_node_with_multipath_across_nodes() {
         return;
     };
     let selection = test_selection(&cu, &[]);
-    let (mut lab, port) = start_lab();
-    let iqn = |i: u32| format!("iqn.2026-11.io.mosaic:{VOLUME_PREFIX}{i}");
+    let mut lab = start_lab();
+    let iqn = |i: u32| mosaic_tests::target_iqn(&format!("{VOLUME_PREFIX}{i}"));
     // Each volume's pages are on every node.
-    let log = lab.log();
+    let log = lab.mosaic.log();
     for i in 1..=NODES {
         let line = log
             .lines()
@@ -144,9 +120,9 @@ fn the_whole_suite_passes_through_each_node_with_multipath_across_nodes() {
     let mut failures = Vec::new();
     for node in 1..=NODES {
         let other = node % NODES + 1;
-        let iqn = iqn(node);
-        let url = format!("iscsi://127.0.{node}.1:{port}/{iqn}/0");
-        let mpurl = format!("iscsi://127.0.{other}.2:{port}/{iqn}/0");
+        let volume = format!("{VOLUME_PREFIX}{node}");
+        let url = lab.url(lab.portal(node, 1), &volume);
+        let mpurl = lab.url(lab.portal(other, 2), &volume);
         let out = tools::run(
             Command::new(&cu)
                 .args(["--dataloss", "-i", INIT1, "-I", INIT2, "-t", &selection])
@@ -207,7 +183,8 @@ fn the_whole_suite_passes_through_each_node_with_multipath_across_nodes() {
         if !report.with(Verdict::Failed).is_empty() || !report.with(Verdict::NoVerdict).is_empty() {
             failures.push(format!("node {node}:\n{}", report.describe_failures()));
         }
-        lab.assert_alive(&format!("after the suite through node {node}"));
+        lab.mosaic
+            .assert_alive(&format!("after the suite through node {node}"));
     }
     assert!(failures.is_empty(), "{test}:\n{}", failures.join("\n"));
 }

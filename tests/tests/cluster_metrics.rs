@@ -7,16 +7,11 @@
 //! `mosaic status` shows the counts with their p50 and p99.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mosaic_tests::initiator::{LoginOptions, Session, GOOD};
-use mosaic_tests::server::{http_get, mosaic_bin, Mosaic};
-use mosaic_tests::tools;
+use mosaic_tests::lab::{samples, Lab, LabOptions, NODES};
 
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 const IQN: &str = "iqn.2026-11.io.mosaic:lat";
 const BLOCK: u32 = 512;
 /// 1 MiB pages: a 256 KiB command at a page boundary touches two nodes.
@@ -27,13 +22,6 @@ const HISTOGRAM: &str = "mosaic_node_scsi_command_latency_seconds";
 /// How long the counts may take to catch up with responses already received:
 /// a command is recorded as its response goes out, so a scrape can overtake it.
 const CATCH_UP: Duration = Duration::from_secs(10);
-const CLI_LIMIT: Duration = Duration::from_secs(60);
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
 
 /// One histogram as scraped.
 #[derive(Debug, Default, Clone)]
@@ -47,40 +35,35 @@ struct Histogram {
 /// Every series of the latency histogram, by (node, op).
 fn histograms(text: &str) -> BTreeMap<(u32, String), Histogram> {
     let mut out: BTreeMap<(u32, String), Histogram> = BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with(HISTOGRAM)) {
-        let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
-        let (name, labels) = series
-            .split_once('{')
-            .unwrap_or_else(|| panic!("labels on {line:?}"));
-        let labels: BTreeMap<&str, &str> = labels
-            .trim_end_matches('}')
-            .split(',')
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').expect("key=value");
-                (k, v.trim_matches('"'))
-            })
-            .collect();
-        let node: u32 = labels["node"].parse().expect("node label");
-        let h = out.entry((node, labels["op"].to_string())).or_default();
-        match name.strip_prefix(HISTOGRAM) {
+    for sample in samples(text)
+        .into_iter()
+        .filter(|s| s.name.starts_with(HISTOGRAM))
+    {
+        let label = |k: &str| {
+            sample
+                .label(k)
+                .unwrap_or_else(|| panic!("no {k} label on {sample:?}"))
+        };
+        let node: u32 = label("node").parse().expect("node label");
+        let h = out.entry((node, label("op").to_string())).or_default();
+        match sample.name.strip_prefix(HISTOGRAM) {
             Some("_bucket") => {
-                let le = match labels["le"] {
+                let le = match label("le") {
                     "+Inf" => f64::INFINITY,
                     v => v.parse().expect("le is a number"),
                 };
-                h.buckets.push((le, value.parse().expect("bucket count")));
+                h.buckets.push((le, sample.as_u64()));
             }
-            Some("_sum") => h.sum = value.parse().expect("sum"),
-            Some("_count") => h.count = value.parse().expect("count"),
-            other => panic!("unexpected series {other:?} in {line:?}"),
+            Some("_sum") => h.sum = sample.as_f64(),
+            Some("_count") => h.count = sample.as_u64(),
+            other => panic!("unexpected series {other:?} in {sample:?}"),
         }
     }
     out
 }
 
-fn scrape(admin: SocketAddr) -> (String, BTreeMap<(u32, String), Histogram>) {
-    let (code, text) = http_get(admin, "/metrics");
-    assert_eq!(code, 200, "{text}");
+fn scrape(lab: &Lab) -> (String, BTreeMap<(u32, String), Histogram>) {
+    let text = lab.metrics();
     let h = histograms(&text);
     (text, h)
 }
@@ -98,46 +81,22 @@ fn latency_histograms_count_every_command_of_their_node() {
         eprintln!("{test}: skipped against an external target");
         return;
     }
-    let port = mosaic_tests::server::lab_port(NODES, NICS);
-    let group = free_addr();
-    let admin = free_addr();
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--admin",
-        &admin.to_string(),
-        "--page-size",
-        "1M",
-        "--data-dir",
-        "data",
-        "--volume",
-        "name=lat,size=16M,backing=memory",
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut lab =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
+    let mut lab = LabOptions::new()
+        .page_size("1M")
+        .volume("name=lat,size=16M,backing=memory")
+        .start();
 
     // A session at node 2; its first commands take the unit attentions a new
     // nexus may have.
     let node = 2;
-    let mut s = Session::login(
-        ([127, 0, node as u8, 1], port).into(),
-        &LoginOptions::new(IQN),
-    )
-    .expect("login at node 2");
+    let mut s =
+        Session::login(lab.portal(node, 1), &LoginOptions::new(IQN)).expect("login at node 2");
     for _ in 0..8 {
         if s.test_unit_ready().expect("TEST UNIT READY").status == GOOD {
             break;
         }
     }
-    let (_, before) = scrape(admin);
+    let (_, before) = scrape(&lab);
     // Reads and writes of 256 KiB across page boundaries (two nodes each).
     let data = mosaic_tests::pattern::bytes(7, 256 << 10);
     let blocks = (data.len() / BLOCK as usize) as u64;
@@ -153,7 +112,7 @@ fn latency_histograms_count_every_command_of_their_node() {
 
     let start = Instant::now();
     let (text, after) = loop {
-        let (text, h) = scrape(admin);
+        let (text, h) = scrape(&lab);
         let done = count(&h, node, "read") >= count(&before, node, "read") + READS
             && count(&h, node, "write") >= count(&before, node, "write") + WRITES;
         if done || start.elapsed() > CATCH_UP {
@@ -207,19 +166,12 @@ fn latency_histograms_count_every_command_of_their_node() {
     }
 
     // mosaic status: the counts, with p50 and p99.
-    let out = tools::run(
-        Command::new(mosaic_bin())
-            .args(["status", "--admin"])
-            .arg(admin.to_string()),
-        CLI_LIMIT,
-    );
-    assert!(out.success(), "mosaic status:\n{}", out.both());
-    eprintln!("mosaic status:\n{}", out.stdout);
-    let row: Vec<&str> = out
-        .stdout
+    let status = lab.cli_ok(&["status"]);
+    eprintln!("mosaic status:\n{status}");
+    let row: Vec<&str> = status
         .lines()
         .find(|l| l.starts_with(&format!("node {node} ")))
-        .unwrap_or_else(|| panic!("no latency row for node {node}:\n{}", out.stdout))
+        .unwrap_or_else(|| panic!("no latency row for node {node}:\n{status}"))
         .split_whitespace()
         .collect();
     // node N  READS p50 unit p99 unit  WRITES p50 unit p99 unit ...
@@ -230,5 +182,5 @@ fn latency_histograms_count_every_command_of_their_node() {
         "p50 and p99 of reads: {row:?}"
     );
     let _ = s.logout();
-    lab.assert_alive("after the metrics test");
+    lab.mosaic.assert_alive("after the metrics test");
 }

@@ -15,17 +15,15 @@
 //!   directory (each node keeps an APTPL file; the first to open the volume seeds
 //!   the coordinator's key, which the embedded coordinator does not keep).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use mosaic_tests::cunit::{self, Verdict};
 use mosaic_tests::initiator::{LoginOptions, Session, CHECK_CONDITION, GOOD};
-use mosaic_tests::server::Mosaic;
+use mosaic_tests::lab::{node_portal, Lab, LabOptions};
 use mosaic_tests::tools;
 
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 const IQN: &str = "iqn.2026-11.io.mosaic:prv";
 const INIT1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
 const INIT2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
@@ -33,40 +31,22 @@ const RESERVATION_CONFLICT: u8 = 0x18;
 const WRITE_EXCLUSIVE: u8 = 0x01;
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
-fn start_lab() -> (Mosaic, u16) {
-    start_lab_on("data", "backing=memory")
+fn start_lab() -> (Lab, u16) {
+    start_lab_on(LabOptions::new(), "backing=memory")
 }
 
-/// A lab with the volume `prv` on `backing`, its data under `data_dir`.
-fn start_lab_on(data_dir: &str, backing: &str) -> (Mosaic, u16) {
-    let port = mosaic_tests::server::lab_port(NODES, NICS);
-    let group: SocketAddr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free group port");
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--data-dir",
-        data_dir,
-        "--volume",
-        &format!("name=prv,size=64M,{backing}"),
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let lab =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
+/// A lab with the volume `prv` on `backing`, with `options` (a data directory).
+fn start_lab_on(options: LabOptions, backing: &str) -> (Lab, u16) {
+    let lab = options
+        .volume(format!("name=prv,size=64M,{backing}"))
+        .start();
+    let port = lab.port;
     (lab, port)
 }
 
 /// Node `n`'s first NIC portal.
-fn node(n: u8, port: u16) -> SocketAddr {
-    ([127, 0, n, 1], port).into()
+fn node(n: u32, port: u16) -> SocketAddr {
+    node_portal(n, 1, port)
 }
 
 fn login(at: SocketAddr, name: &str) -> Session {
@@ -130,7 +110,7 @@ fn a_reservation_through_node_1_conflicts_a_write_through_node_2() {
         assert!(
             std::time::Instant::now() < deadline,
             "a write through node 2 is still allowed 10 s after node 1's RESERVE:\n{}",
-            lab.log()
+            lab.mosaic.log()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -190,7 +170,8 @@ fn a_reservation_through_node_1_conflicts_a_write_through_node_2() {
         "a was preempted"
     );
     assert_eq!(write_status(&mut b), GOOD, "b holds it now");
-    lab.assert_alive("after reservations through two nodes");
+    lab.mosaic
+        .assert_alive("after reservations through two nodes");
 }
 
 #[test]
@@ -245,16 +226,16 @@ fn libiscsi_reservation_and_multipath_suites_pass_with_urls_on_two_nodes() {
             .any(|t| t.suite == "MultipathIO" && t.test == "Reset" && t.verdict == Verdict::Passed),
         "{test}: MultipathIO.Reset did not pass"
     );
-    lab.assert_alive("after libiscsi's reservation suites");
+    lab.mosaic
+        .assert_alive("after libiscsi's reservation suites");
 }
 
 #[test]
 fn aptpl_reservations_survive_a_restart_of_the_lab() {
     let data = tempfile::tempdir().expect("temp dir");
-    let dir = data.path().to_str().expect("utf-8 path").to_string();
     const KEY: u64 = 0x00c0_ffee_0000_0002;
     let holder = "iqn.2026-11.io.mosaic:tests-holder";
-    let (mut lab, port) = start_lab_on(&dir, "backing=file");
+    let (mut lab, port) = start_lab_on(LabOptions::new().data_dir(data.path()), "backing=file");
     let mut a = login(node(1, port), holder);
     // REGISTER AND IGNORE EXISTING KEY with APTPL = 1, then RESERVE Write Exclusive.
     let mut p = [0u8; 24];
@@ -266,10 +247,10 @@ fn aptpl_reservations_survive_a_restart_of_the_lab() {
     assert_eq!(r.status, GOOD, "APTPL registration: {:x?}", r.sense_key());
     assert_eq!(prout(&mut a, 0x01, WRITE_EXCLUSIVE, KEY, 0), GOOD);
     a.logout().expect("logout");
-    assert!(lab.stop(), "the lab stops on SIGTERM");
+    assert!(lab.mosaic.stop(), "the lab stops on SIGTERM");
     drop(lab);
 
-    let (mut lab, port) = start_lab_on(&dir, "backing=file");
+    let (mut lab, port) = start_lab_on(LabOptions::new().data_dir(data.path()), "backing=file");
     let mut b = login(node(3, port), "iqn.2026-11.io.mosaic:tests-other");
     let keys = b
         .command(&[0x5e, 0x00, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64)
@@ -282,5 +263,5 @@ fn aptpl_reservations_survive_a_restart_of_the_lab() {
     );
     assert_eq!(u64::from_be_bytes(keys[8..16].try_into().unwrap()), KEY);
     assert_eq!(write_status(&mut b), RESERVATION_CONFLICT, "still reserved");
-    lab.assert_alive("after the restart");
+    lab.mosaic.assert_alive("after the restart");
 }

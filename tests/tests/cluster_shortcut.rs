@@ -9,70 +9,31 @@
 //! - `mosaic io-mode forward` switches the running cluster back: reads are then
 //!   forwarded, and no more short-cuts are counted.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-
 use mosaic_tests::initiator::{self, LoginOptions, Session};
-use mosaic_tests::server::{http_get, lab_port, mosaic_bin, Mosaic};
-use mosaic_tests::tools::{self, RunOutput};
+use mosaic_tests::lab::{samples, Lab, LabOptions};
+use mosaic_tests::tools;
 
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 const BLOCK: usize = 512;
 const PAGE: usize = 1 << 20;
 const VOLUME_BYTES: usize = 48 << 20;
+const VOLUME: &str = "sc";
 const IQN: &str = "iqn.2026-11.io.mosaic:sc";
-const TOOL_LIMIT: Duration = Duration::from_secs(180);
-
-fn ok(out: RunOutput, what: &str) -> RunOutput {
-    assert!(out.success(), "{what} failed:\n{}", out.both());
-    out
-}
-
-fn mosaic(args: &[&str]) -> String {
-    ok(
-        tools::run(Command::new(mosaic_bin()).args(args), TOOL_LIMIT),
-        &format!("mosaic {args:?}"),
-    )
-    .stdout
-}
 
 /// Short-cut reads and forwarded pieces, summed over the nodes, from the admin
 /// endpoint's Prometheus metrics.
-fn counters(admin: &str) -> (u64, u64) {
-    let (code, metrics) = http_get(admin.parse().expect("admin address"), "/metrics");
-    assert_eq!(code, 200, "GET /metrics: {metrics}");
+fn counters(lab: &Lab) -> (u64, u64) {
+    let samples = samples(&lab.metrics());
     let sum = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .map(|l| {
-                l.rsplit(' ')
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or_else(|| panic!("sample {l:?}"))
-            })
+        samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.as_u64())
             .sum()
     };
     (
         sum("mosaic_node_shortcut_reads_total"),
         sum("mosaic_node_forwarded_pieces_total"),
     )
-}
-
-fn random_image(path: &Path) -> Vec<u8> {
-    let mut data = vec![0u8; VOLUME_BYTES];
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::write(path, &data).expect("write image");
-    data
 }
 
 fn read(s: &mut Session, offset: usize, len: usize) -> Vec<u8> {
@@ -101,90 +62,34 @@ fn short_cut_reads_return_the_data_through_every_node() {
         tools::skip_or_fail(test, "no qemu-img with the iSCSI driver");
         return;
     };
-    let port = lab_port(NODES, NICS);
-    let group: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free group port");
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free admin port")
-        .to_string();
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--admin",
-        &admin,
-        "--page-size",
-        "1M",
-        "--io-mode",
-        "short-cut",
-        "--data-dir",
-        "data",
-        "--volume",
-        &format!("name=sc,size={VOLUME_BYTES},backing=file"),
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut lab =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
-    assert!(mosaic(&["io-mode", "--admin", &admin]).contains("short-cut"));
-    let url = |node: u32| format!("iscsi://127.0.{node}.1:{port}/{IQN}/0");
+    let mut lab = LabOptions::new()
+        .page_size("1M")
+        .args(&["--io-mode", "short-cut"])
+        .volume(format!("name={VOLUME},size={VOLUME_BYTES},backing=file"))
+        .start();
+    assert!(lab.cli_ok(&["io-mode"]).contains("short-cut"));
+    let url = |node: u32| lab.url(lab.portal(node, 1), VOLUME);
 
     let dir = tempfile::tempdir().expect("temp dir");
     let image = dir.path().join("random.img");
-    let data = random_image(&image);
+    let data = mosaic_tests::pattern::random_file(&image, 3, VOLUME_BYTES);
     let image = image.to_str().expect("utf-8").to_string();
-    ok(
-        tools::run(
-            qemu.command().args([
-                "convert",
-                "-n",
-                "-f",
-                "raw",
-                "-O",
-                "raw",
-                "-m",
-                "8",
-                "-W",
-                &image,
-                &url(1),
-            ]),
-            TOOL_LIMIT,
-        ),
+    qemu.convert(
         "qemu-img convert into node 1",
+        &["-n", "-m", "8", "-W", &image, &url(1)],
     );
-    let (sc0, _) = counters(&admin);
+    let (sc0, _) = counters(&lab);
 
     // qemu-img reads through node 2, 16 requests in flight on one connection.
     let back = dir.path().join("back.img");
     let back = back.to_str().expect("utf-8").to_string();
-    ok(
-        tools::run(
-            qemu.command().args([
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "raw",
-                "-m",
-                "16",
-                "-W",
-                &url(2),
-                &back,
-            ]),
-            TOOL_LIMIT,
-        ),
+    qemu.convert(
         "qemu-img convert out of node 2",
+        &["-m", "16", "-W", &url(2), &back],
     );
     let got = std::fs::read(&back).expect("read back");
     assert!(got == data, "qemu-img read back other bytes through node 2");
-    let (sc1, _) = counters(&admin);
+    let (sc1, _) = counters(&lab);
     assert!(
         sc1 > sc0,
         "node 2 owns a third of the pages at most: its reads of the others must short-cut \
@@ -194,7 +99,7 @@ fn short_cut_reads_return_the_data_through_every_node() {
     // Our initiator, with digests, through node 3: sizes within and across pages.
     let mut opts = LoginOptions::new(IQN).digests(true, true);
     opts.isid = initiator::fresh_isid();
-    let mut s = Session::login(([127, 0, 3, 1], port).into(), &opts).expect("login");
+    let mut s = Session::login(lab.portal(3, 1), &opts).expect("login");
     s.lun = 0;
     let _ = s.test_unit_ready();
     for (offset, len) in [
@@ -210,19 +115,19 @@ fn short_cut_reads_return_the_data_through_every_node() {
             "{len} bytes at {offset} differ through node 3"
         );
     }
-    let (sc2, fw2) = counters(&admin);
+    let (sc2, fw2) = counters(&lab);
     assert!(sc2 > sc1, "node 3's reads of other nodes' pages short-cut");
 
     // Back to forward at run time: reads are forwarded, none short-cut.
-    assert!(mosaic(&["io-mode", "forward", "--admin", &admin]).contains("forward"));
+    assert!(lab.cli_ok(&["io-mode", "forward"]).contains("forward"));
     for page in 0..VOLUME_BYTES / PAGE {
         let offset = page * PAGE + 3 * BLOCK;
         assert!(read(&mut s, offset, 4096) == data[offset..offset + 4096]);
     }
-    let (sc3, fw3) = counters(&admin);
+    let (sc3, fw3) = counters(&lab);
     assert_eq!(sc3, sc2, "no short-cut after switching to forward");
     assert!(fw3 > fw2, "reads of other nodes' pages are forwarded");
-    lab.assert_alive("after the short-cut reads");
+    lab.mosaic.assert_alive("after the short-cut reads");
     drop(s);
-    assert!(lab.stop(), "lab stops on SIGTERM");
+    assert!(lab.mosaic.stop(), "lab stops on SIGTERM");
 }

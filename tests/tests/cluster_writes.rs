@@ -16,59 +16,29 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mosaic_tests::initiator::{self, LoginOptions, Session};
-use mosaic_tests::server::{lab_port, mosaic_bin, Mosaic};
-use mosaic_tests::tools;
+use mosaic_tests::initiator::{self, LoginOptions, Session, UNIT_ATTENTION};
+use mosaic_tests::lab::{node_portal, Lab, LabOptions, NODES};
 
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 const BLOCK: usize = 512;
 /// 1 MiB pages, so a 16 MiB volume has 16 pages over the three nodes.
 const PAGE: u64 = 1 << 20;
 const VOLUME_BYTES: u64 = 16 << 20;
 const IQN: &str = "iqn.2026-11.io.mosaic:cw";
-/// Sense key UNIT ATTENTION.
-const UNIT_ATTENTION: u8 = 0x06;
 /// Retries of a command answered with a unit attention (one per table change).
 const UA_RETRIES: usize = 32;
 /// Whole loops are bounded by this, whatever happens.
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn start_lab(data_dir: &Path) -> (Mosaic, u16) {
-    start_lab_with(data_dir, &[])
-}
-
-fn start_lab_with(data_dir: &Path, extra: &[&str]) -> (Mosaic, u16) {
-    let port = lab_port(NODES, NICS);
-    let group: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free group port");
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--page-size",
-        "1M",
-        "--data-dir",
-        &data_dir.display().to_string(),
-        "--volume",
-        &format!("name=cw,size={VOLUME_BYTES},backing=file"),
-        "--log",
-        "info",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .collect();
-    let lab =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
+/// A lab with the file-backed volume `cw` in 1 MiB pages, its data in `data_dir`
+/// (read after the lab stops).
+fn start_lab(data_dir: &Path) -> (Lab, u16) {
+    let lab = LabOptions::new()
+        .page_size("1M")
+        .data_dir(data_dir)
+        .volume(format!("name=cw,size={VOLUME_BYTES},backing=file"))
+        .start();
+    let port = lab.port;
     (lab, port)
-}
-
-fn node_portal(node: u32, port: u16) -> SocketAddr {
-    ([127, 0, node as u8, 1], port).into()
 }
 
 fn login(addr: SocketAddr) -> Session {
@@ -166,7 +136,7 @@ fn compare_and_write_through_three_nodes_loses_no_update() {
     let counters: Vec<u64> = (0..3u64)
         .map(|p| (p * 5 + 1) * PAGE / BLOCK as u64)
         .collect();
-    let mut setup = login(node_portal(1, port));
+    let mut setup = login(node_portal(1, 1, port));
     for &lba in &counters {
         write_blocks(&mut setup, lba, &counter_block(0));
     }
@@ -177,7 +147,7 @@ fn compare_and_write_through_three_nodes_loses_no_update() {
         .map(|node| {
             let counters = counters.clone();
             thread::spawn(move || {
-                let mut s = login(node_portal(node, port));
+                let mut s = login(node_portal(node, 1, port));
                 let mut misses = 0u64;
                 for &lba in &counters {
                     let mut done = 0;
@@ -197,7 +167,7 @@ fn compare_and_write_through_three_nodes_loses_no_update() {
         })
         .collect();
     let misses: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
-    let mut check = login(node_portal(2, port));
+    let mut check = login(node_portal(2, 1, port));
     for &lba in &counters {
         let b = read_block(&mut check, lba);
         let n = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
@@ -217,7 +187,7 @@ fn compare_and_write_through_three_nodes_loses_no_update() {
     let orers: Vec<_> = (1..=NODES)
         .map(|node| {
             thread::spawn(move || {
-                let mut s = login(node_portal(node, port));
+                let mut s = login(node_portal(node, 1, port));
                 for bit in 0..8u32 {
                     assert!(start.elapsed() < LIMIT, "ORWRITE race too slow");
                     // Node n sets bit `bit` of byte lanes n-1, n+2, ...
@@ -248,9 +218,9 @@ fn compare_and_write_through_three_nodes_loses_no_update() {
         "every node's ORWRITE bits must be there: {:x?}",
         &r.data[..16]
     );
-    lab.assert_alive("after the compare-and-write race");
+    lab.mosaic.assert_alive("after the compare-and-write race");
     drop(check);
-    assert!(lab.stop(), "lab stops on SIGTERM");
+    assert!(lab.mosaic.stop(), "lab stops on SIGTERM");
 }
 
 #[test]
@@ -269,7 +239,7 @@ fn racing_writes_through_different_nodes_leave_every_copy_identical() {
     let workers: Vec<_> = (1..=NODES)
         .map(|node| {
             thread::spawn(move || {
-                let mut s = login(node_portal(node, port));
+                let mut s = login(node_portal(node, 1, port));
                 for round in 0..ROUNDS {
                     assert!(start.elapsed() < LIMIT, "write race too slow");
                     let fill = (node as u8) << 4 | round as u8;
@@ -288,8 +258,8 @@ fn racing_writes_through_different_nodes_leave_every_copy_identical() {
     for w in workers {
         w.join().expect("writer");
     }
-    lab.assert_alive("after the write race");
-    assert!(lab.stop(), "lab stops on SIGTERM and flushes");
+    lab.mosaic.assert_alive("after the write race");
+    assert!(lab.mosaic.stop(), "lab stops on SIGTERM and flushes");
 
     // Every page: the copies that hold data (primary and replica) are identical.
     let files: Vec<Vec<u8>> = (1..=NODES)
@@ -337,54 +307,16 @@ fn stamped(lba: u64, generation: u64) -> Vec<u8> {
     b
 }
 
-/// Each page's primary from `mosaic routing show`'s map line
-/// ("map (PAGES:PRIMARY+REPLICAS): 0:3+2 1-3:3+1 ...").
-fn primaries_of(shown: &str) -> Vec<u32> {
-    let line = shown
-        .lines()
-        .find_map(|l| l.strip_prefix("map (PAGES:PRIMARY+REPLICAS): "))
-        .unwrap_or_else(|| panic!("no map line in:\n{shown}"));
-    let mut out = Vec::new();
-    for run in line.split_whitespace() {
-        let (pages, holders) = run.split_once(':').expect("PAGES:HOLDERS");
-        let (first, last) = pages.split_once('-').unwrap_or((pages, pages));
-        let primary: u32 = holders
-            .split('+')
-            .next()
-            .expect("primary")
-            .parse()
-            .expect("node");
-        let (first, last): (usize, usize) =
-            (first.parse().expect("page"), last.parse().expect("page"));
-        assert_eq!(first, out.len(), "runs in page order");
-        out.extend(std::iter::repeat_n(primary, last - first + 1));
-    }
-    out
-}
-
-fn routing_cli(args: &[&str]) -> String {
-    let out = tools::run(
-        std::process::Command::new(mosaic_bin()).args(args),
-        Duration::from_secs(90),
-    );
-    assert!(out.success(), "mosaic {args:?} failed:\n{}", out.both());
-    out.stdout
-}
-
 #[test]
 fn moving_pages_under_writes_loses_no_acknowledged_write() {
     if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
         return;
     }
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free admin port")
-        .to_string();
     let data = tempfile::tempdir().expect("temp dir");
-    let (mut lab, port) = start_lab_with(data.path(), &["--admin", &admin]);
+    let (mut lab, port) = start_lab(data.path());
     let blocks = VOLUME_BYTES / BLOCK as u64;
     // A nexus opened before the moves.
-    let mut watcher = login(node_portal(3, port));
+    let mut watcher = login(node_portal(3, 1, port));
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let start = Instant::now();
@@ -394,7 +326,7 @@ fn moving_pages_under_writes_loses_no_acknowledged_write() {
         .map(|k| {
             let stop = stop.clone();
             thread::spawn(move || {
-                let mut s = login(node_portal(k as u32 + 1, port));
+                let mut s = login(node_portal(k as u32 + 1, 1, port));
                 let mut last = std::collections::HashMap::new();
                 let mut generation = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) || generation < 2 {
@@ -415,13 +347,9 @@ fn moving_pages_under_writes_loses_no_acknowledged_write() {
     // Meanwhile: move pages 0-7 to node 3 (copies for those it does not hold,
     // swaps for those it replicates), then pages 4-11 to node 1.
     thread::sleep(Duration::from_millis(200));
-    let first = routing_cli(&[
-        "routing", "move", "cw", "--pages", "0-7", "--to", "3", "--admin", &admin,
-    ]);
+    let first = lab.cli_ok(&["routing", "move", "cw", "--pages", "0-7", "--to", "3"]);
     assert!(first.contains("to node 3"), "{first}");
-    let second = routing_cli(&[
-        "routing", "move", "cw", "--pages", "4-11", "--to", "1", "--admin", &admin,
-    ]);
+    let second = lab.cli_ok(&["routing", "move", "cw", "--pages", "4-11", "--to", "1"]);
     assert!(second.contains("to node 1"), "{second}");
     thread::sleep(Duration::from_millis(200));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -431,8 +359,8 @@ fn moving_pages_under_writes_loses_no_acknowledged_write() {
         .collect();
 
     // The table says what was asked.
-    let shown = routing_cli(&["routing", "show", "cw", "--admin", &admin]);
-    let primaries = primaries_of(&shown);
+    let (shown, routing) = lab.routing("cw");
+    let primaries = routing.primaries;
     for page in 0..12 {
         let want = if page < 4 { 3 } else { 1 };
         assert_eq!(
@@ -443,7 +371,7 @@ fn moving_pages_under_writes_loses_no_acknowledged_write() {
     }
 
     // Every acknowledged write is there, read through node 3.
-    let mut check = login(node_portal(3, port));
+    let mut check = login(node_portal(3, 1, port));
     let mut checked = 0;
     for map in &last {
         for (&lba, &generation) in map {
@@ -468,7 +396,7 @@ fn moving_pages_under_writes_loses_no_acknowledged_write() {
         watcher.test_unit_ready().expect("TUR").status,
         initiator::GOOD
     );
-    lab.assert_alive("after the page moves");
+    lab.mosaic.assert_alive("after the page moves");
     drop((watcher, check));
-    assert!(lab.stop(), "lab stops on SIGTERM");
+    assert!(lab.mosaic.stop(), "lab stops on SIGTERM");
 }

@@ -2,12 +2,12 @@
 //! lab cluster (every policy runs, every read written in the run checks out while
 //! pages move, routing-aware sends every byte to its owner) and `simulate`.
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use mosaic_tests::server::{workspace_root, Mosaic};
+use mosaic_tests::lab::LabOptions;
+use mosaic_tests::server::workspace_root;
 use mosaic_tests::tools;
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -37,12 +37,6 @@ fn dsm_bin() -> PathBuf {
     bin
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
 /// The markdown row of `policy`.
 fn row<'a>(md: &'a str, policy: &str) -> Vec<&'a str> {
     let line = md
@@ -58,28 +52,12 @@ fn bench_compare_verify_with_page_moves_and_simulate() {
         return;
     }
     let dsm = dsm_bin();
-    let port = mosaic_tests::server::lab_port(3, 2);
-    let group = free_addr();
-    let admin = free_addr();
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--admin",
-        &admin.to_string(),
-        "--page-size",
-        "1M",
-        "--volume",
-        "name=bv,size=64M,backing=memory",
-        "--log",
-        "warn",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let lab = Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab:\n{log}"));
+    let lab = LabOptions::new()
+        .page_size("1M")
+        .volume("name=bv,size=64M,backing=memory")
+        .log("warn")
+        .start();
+    let (group, admin) = (lab.group, lab.admin);
     let out = tools::run(
         Command::new(&dsm).args([
             "bench",

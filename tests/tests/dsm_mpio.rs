@@ -8,8 +8,7 @@
 //! one `mosaic serve` behind relays, takes one down (its I/O fails over) and
 //! brings it back (it is reinstated after the retry interval).
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,46 +17,19 @@ use mosaic_dsm::login::LoginConfig;
 use mosaic_dsm::mpio::{MpioConfig, MpioDisk};
 use mosaic_dsm::selector::{Policy, SelectorKind};
 use mosaic_dsm::session::SessionConfig;
-use mosaic_tests::server::{mosaic_bin, Mosaic, Volume};
+use mosaic_tests::lab::{Lab, LabOptions, NICS, NODES};
+use mosaic_tests::server::{Mosaic, Volume};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 const PAGE: u64 = 1 << 20;
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
-fn start_lab() -> (Mosaic, SocketAddr, SocketAddr) {
-    let port = mosaic_tests::server::lab_port(NODES, NICS);
-    let group = free_addr();
-    let admin = free_addr();
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--admin",
-        &admin.to_string(),
-        "--page-size",
-        "1M",
-        "--volume",
-        "name=lv,size=64M,backing=memory",
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let lab =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
-    (lab, group, admin)
+fn start_lab() -> Lab {
+    LabOptions::new()
+        .page_size("1M")
+        .volume("name=lv,size=64M,backing=memory")
+        .start()
 }
 
 fn block(lba: u64, generation: u64, blocks: u32, bs: u32) -> Bytes {
@@ -98,7 +70,8 @@ fn multipath_routing_aware_on_the_lab_cluster() {
     if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
         return;
     }
-    let (lab, group, admin) = start_lab();
+    let lab = start_lab();
+    let (group, admin) = (lab.group, lab.admin);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -152,19 +125,7 @@ fn multipath_routing_aware_on_the_lab_cluster() {
             fallback: SelectorKind::RoundRobin,
         });
         let fetches = disk.stats().table_fetches;
-        let out = mosaic_tests::tools::run(
-            Command::new(mosaic_bin()).args([
-                "volume",
-                "resize",
-                "--admin",
-                &admin.to_string(),
-                "--size",
-                "96M",
-                "lv",
-            ]),
-            Duration::from_secs(60),
-        );
-        assert!(out.success(), "resize failed:\n{}", out.both());
+        lab.cli_ok(&["volume", "resize", "--size", "96M", "lv"]);
         write_read_all(&disk, 3).await;
         let st = disk.stats();
         assert!(st.routing_attentions >= 1, "2Ah/06h seen: {st:?}");

@@ -17,7 +17,7 @@
 //!   node (the vendor command in the list breaks nothing).
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,12 +25,10 @@ use mosaic_proto::scsi::vendor::ReadRoutingTableCdb;
 use mosaic_routing::wire::{Assembler, Progress, WireTable};
 use mosaic_routing::NodeId;
 use mosaic_tests::cunit::{self, Verdict};
-use mosaic_tests::initiator::{LoginOptions, Session, CHECK_CONDITION, GOOD};
-use mosaic_tests::server::Mosaic;
+use mosaic_tests::initiator::{LoginOptions, Session, GOOD};
+use mosaic_tests::lab::{Lab, LabOptions, Routing, NICS, NODES};
 use mosaic_tests::tools;
 
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 const IQN: &str = "iqn.2026-11.io.mosaic:lv";
 /// 256 MiB in 1 MiB pages: 256 pages, a page map of many runs.
 const VOLUME_BYTES: u64 = 256 << 20;
@@ -39,164 +37,41 @@ const PAGE_BYTES: u64 = 1 << 20;
 const BLOCK: u64 = 512;
 /// Piece size of the paged fetch: small, so the table takes many commands.
 const PIECE: u32 = 64;
-/// How long a client command (`mosaic routing show`, ...) may take.
-const CLIENT_LIMIT: Duration = Duration::from_secs(60);
 /// How long the unit attention may take to be established after the change is
 /// answered (the admin endpoint answers once every node followed the table; the
 /// devices follow it in their own tasks, a moment later at most).
 const UA_DEADLINE: Duration = Duration::from_secs(10);
-const ASYMMETRIC_ACCESS_STATE_CHANGED: (u8, u8, u8) = (0x06, 0x2a, 0x06);
-
-/// A port free on every lab address (node portals and, one higher, links).
-fn lab_port() -> u16 {
-    mosaic_tests::server::lab_port(NODES, NICS)
-}
-
-fn free_local_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free local port")
-}
-
-fn node_portal(node: u32, nic: u8, port: u16) -> SocketAddr {
-    ([127, 0, node as u8, nic], port).into()
-}
-
-struct Lab {
-    mosaic: Mosaic,
-    port: u16,
-    admin: SocketAddr,
-}
+/// ASYMMETRIC ACCESS STATE CHANGED (ASC, ASCQ), a unit attention.
+const ASYMMETRIC_ACCESS_STATE_CHANGED: (u8, u8) = (0x2a, 0x06);
 
 fn start_lab() -> Lab {
-    let port = lab_port();
-    let group = free_local_addr();
-    let admin = free_local_addr();
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--admin",
-        &admin.to_string(),
-        "--page-size",
-        &PAGE_BYTES.to_string(),
-        "--data-dir",
-        "data",
-        "--volume",
-        &format!("name=lv,size={VOLUME_BYTES},backing=memory"),
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mosaic =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
-    Lab {
-        mosaic,
-        port,
-        admin,
-    }
+    LabOptions::new()
+        .page_size(PAGE_BYTES)
+        .volume(format!("name=lv,size={VOLUME_BYTES},backing=memory"))
+        .start()
 }
 
-impl Lab {
-    /// `mosaic ARGS... --admin ADDR`, retried while the admin endpoint is not yet
-    /// listening (it binds just after the portals); its standard output.
-    fn client(&self, args: &[&str]) -> String {
-        let admin = self.admin.to_string();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--admin", &admin]);
-        let mut last = None;
-        for _ in 0..40 {
-            let out = Mosaic::run_to_exit(&all, CLIENT_LIMIT);
-            if out.success() {
-                return out.stdout;
-            }
-            last = Some(out);
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        panic!(
-            "mosaic {all:?} failed:\n{}",
-            last.map(|o| o.both()).unwrap_or_default()
-        );
-    }
-
-    fn routing_show(&self) -> Shown {
-        Shown::parse(&self.client(&["routing", "show", "lv"]))
-    }
-
-    fn login(&self, node: u32) -> Session {
-        let opts = LoginOptions::new(IQN);
-        let mut s = Session::login(node_portal(node, 1, self.port), &opts)
-            .unwrap_or_else(|e| panic!("login at node {node}: {e}"));
-        s.lun = 0;
-        s
-    }
+fn routing_show(lab: &Lab) -> Routing {
+    lab.routing("lv").1
 }
 
-/// What `mosaic routing show lv` prints, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Shown {
-    epoch: u64,
-    /// Primary node of every page, from the compact map.
-    primaries: Vec<u32>,
-    /// Primary pages per node, from the table of nodes.
-    per_node: BTreeMap<u32, u64>,
+fn login(lab: &Lab, node: u32) -> Session {
+    let opts = LoginOptions::new(IQN);
+    let mut s = Session::login(lab.portal(node, 1), &opts)
+        .unwrap_or_else(|e| panic!("login at node {node}: {e}"));
+    s.lun = 0;
+    s
 }
 
-impl Shown {
-    /// Parses "volume lv (id 1), routing epoch N: ...", the NODE / PRIMARY PAGES /
-    /// REPLICA PAGES rows, and "map (PAGES:PRIMARY+REPLICAS): 0-3:1+2 4:2+3 ...".
-    fn parse(out: &str) -> Shown {
-        let epoch = out
-            .split("routing epoch ")
-            .nth(1)
-            .and_then(|r| r.split(':').next())
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no epoch in:\n{out}"));
-        let map = out
-            .lines()
-            .find_map(|l| l.split("map (PAGES:PRIMARY+REPLICAS):").nth(1))
-            .unwrap_or_else(|| panic!("no map in:\n{out}"));
-        let mut primaries = Vec::new();
-        for run in map.split_whitespace() {
-            let (pages, owners) = run.split_once(':').expect("PAGES:OWNERS");
-            let primary: u32 = owners.split('+').next().unwrap().parse().unwrap();
-            let (first, last): (usize, usize) = match pages.split_once('-') {
-                Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
-                None => (pages.parse().unwrap(), pages.parse().unwrap()),
-            };
-            assert_eq!(first, primaries.len(), "runs in page order: {map}");
-            primaries.extend(std::iter::repeat_n(primary, last - first + 1));
-        }
-        let mut per_node = BTreeMap::new();
-        for l in out.lines() {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            if let [node, primary, _replica] = cols[..] {
-                if let (Ok(n), Ok(p)) = (node.parse::<u32>(), primary.parse::<u64>()) {
-                    per_node.insert(n, p);
-                }
-            }
-        }
-        Shown {
-            epoch,
-            primaries,
-            per_node,
+/// The node with the most primaries, the lowest id on a tie.
+fn preferred(shown: &Routing) -> u32 {
+    let mut best = (0u32, 0u64);
+    for n in &shown.nodes {
+        if n.primary > best.1 {
+            best = (n.node, n.primary);
         }
     }
-
-    /// The node with the most primaries, the lowest id on a tie.
-    fn preferred(&self) -> u32 {
-        let mut best = (0u32, 0u64);
-        for (&n, &p) in &self.per_node {
-            if p > best.1 {
-                best = (n, p);
-            }
-        }
-        best.0
-    }
+    best.0
 }
 
 /// The whole table through READ ROUTING TABLE in pieces of `piece` bytes; the
@@ -237,7 +112,7 @@ fn owners(t: &WireTable) -> Vec<u32> {
 }
 
 /// The fetched table says what `routing show` says.
-fn assert_matches(t: &WireTable, shown: &Shown, blocks: u64, node: u32) {
+fn assert_matches(t: &WireTable, shown: &Routing, blocks: u64, node: u32) {
     assert_eq!(t.epoch.0, shown.epoch, "node {node}: epoch");
     assert_eq!(t.name, "lv");
     assert_eq!(t.blocks, blocks, "node {node}: blocks");
@@ -248,11 +123,12 @@ fn assert_matches(t: &WireTable, shown: &Shown, blocks: u64, node: u32) {
     for o in owners(t) {
         *per_node.entry(o).or_insert(0u64) += 1;
     }
-    for (n, p) in &shown.per_node {
+    for n in &shown.nodes {
         assert_eq!(
-            per_node.get(n).copied().unwrap_or(0),
-            *p,
-            "node {n}'s pages"
+            per_node.get(&n.node).copied().unwrap_or(0),
+            n.primary,
+            "node {}'s pages",
+            n.node
         );
     }
 }
@@ -289,7 +165,7 @@ fn hears_the_change_once(test: &str, s: &mut Session, node: u32) {
             start.elapsed() < UA_DEADLINE,
             "node {node}: no ASYMMETRIC ACCESS STATE CHANGED within {UA_DEADLINE:?} (saw {seen:x?})"
         );
-        seen.extend(drain_unit_attentions(s));
+        seen.extend(s.drain_unit_attentions());
         if seen.is_empty() {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -304,21 +180,6 @@ fn hears_the_change_once(test: &str, s: &mut Session, node: u32) {
     );
 }
 
-fn drain_unit_attentions(s: &mut Session) -> Vec<(u8, u8, u8)> {
-    let mut seen = Vec::new();
-    for _ in 0..8 {
-        let r = s.test_unit_ready().expect("TEST UNIT READY");
-        if r.status == GOOD {
-            return seen;
-        }
-        assert_eq!(r.status, CHECK_CONDITION);
-        let sense = r.sense_key().expect("sense data");
-        assert_eq!(sense.0, 0x06, "only unit attentions: {sense:x?}");
-        seen.push(sense);
-    }
-    panic!("unit attentions never ended: {seen:x?}");
-}
-
 #[test]
 fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
     let test = "initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes";
@@ -327,14 +188,14 @@ fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
         return;
     }
     let mut lab = start_lab();
-    let shown = lab.routing_show();
+    let shown = routing_show(&lab);
     assert_eq!(shown.primaries.len() as u64, VOLUME_BYTES / PAGE_BYTES);
-    assert_eq!(shown.per_node.len(), NODES as usize);
+    assert_eq!(shown.nodes.len(), NODES as usize);
     assert!(
-        shown.per_node.values().all(|&p| p > 0),
+        shown.nodes.iter().all(|n| n.primary > 0),
         "pages on every node: {shown:?}"
     );
-    let mut sessions: Vec<Session> = (1..=NODES).map(|n| lab.login(n)).collect();
+    let mut sessions: Vec<Session> = (1..=NODES).map(|n| login(&lab, n)).collect();
 
     // The table through every node, in small pieces and in one.
     for (i, s) in sessions.iter_mut().enumerate() {
@@ -355,9 +216,7 @@ fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
         assert_eq!(ids, (1..=NODES).map(NodeId).collect::<Vec<_>>());
         for n in &t.nodes {
             let portals: Vec<SocketAddr> = n.nics.iter().flat_map(|c| c.portals.clone()).collect();
-            let want: Vec<SocketAddr> = (1..=NICS)
-                .map(|j| node_portal(n.id.0, j, lab.port))
-                .collect();
+            let want: Vec<SocketAddr> = (1..=NICS).map(|j| lab.portal(n.id.0, j)).collect();
             assert_eq!(portals, want, "node {}'s portals", n.id.0);
         }
         // ALUA: the node owning most pages is preferred, whichever node answers.
@@ -365,7 +224,7 @@ fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
         assert_eq!(groups.len(), NODES as usize);
         for (state, group, port) in groups {
             assert_eq!(group, port);
-            let want = if u32::from(group) == shown.preferred() {
+            let want = if u32::from(group) == preferred(&shown) {
                 0x80
             } else {
                 0x01
@@ -375,7 +234,7 @@ fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
     }
 
     // Another volume: a new epoch that does not concern lv.
-    lab.client(&[
+    lab.cli_ok(&[
         "volume",
         "create",
         "lv2",
@@ -384,13 +243,13 @@ fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
         "--backing",
         "memory",
     ]);
-    let after_create = lab.routing_show();
+    let after_create = routing_show(&lab);
     assert!(after_create.epoch > shown.epoch);
     assert_eq!(after_create.primaries, shown.primaries);
     for (i, s) in sessions.iter_mut().enumerate() {
         let node = i as u32 + 1;
         assert_eq!(
-            drain_unit_attentions(s),
+            s.drain_unit_attentions(),
             vec![],
             "node {node}: lv did not change"
         );
@@ -400,14 +259,14 @@ fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
 
     // lv resized: every nexus of lv, on every node, hears of it on its next
     // command, and a fresh fetch carries the new epoch.
-    lab.client(&[
+    lab.cli_ok(&[
         "volume",
         "resize",
         "lv",
         "--size",
         &RESIZED_BYTES.to_string(),
     ]);
-    let resized = lab.routing_show();
+    let resized = routing_show(&lab);
     assert!(resized.epoch > after_create.epoch);
     assert_eq!(
         resized.primaries.len() as u64,
@@ -423,7 +282,7 @@ fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
 
     // Pages moved: the same unit attention, and a fresh fetch shows the new owners.
     let to = if resized.primaries[0] == 3 { 2 } else { 3 };
-    lab.client(&[
+    lab.cli_ok(&[
         "routing",
         "move",
         "lv",
@@ -432,7 +291,7 @@ fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
         "--to",
         &to.to_string(),
     ]);
-    let moved = lab.routing_show();
+    let moved = routing_show(&lab);
     assert!(moved.epoch > resized.epoch);
     assert!(
         moved.primaries[..10].iter().all(|&p| p == to),
@@ -453,7 +312,7 @@ fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
     let Some(cu) = tools::require(test, "iscsi-test-cu", "libiscsi-bin") else {
         return;
     };
-    let url = format!("iscsi://{}/{IQN}/0", node_portal(2, 1, lab.port));
+    let url = lab.url(lab.portal(2, 1), "lv");
     let selection = "SCSI.Inquiry,SCSI.ReportSupportedOpcodes";
     let out = tools::run(
         Command::new(&cu).args(["-t", selection]).arg(&url),

@@ -13,20 +13,16 @@
 //!   exit and a message that says so.
 //! - `/metrics` over a plain TcpStream: Prometheus text with the mosaic_* names.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mosaic_tests::initiator::{LoginOptions, Session, CHECK_CONDITION, GOOD};
-use mosaic_tests::server::{http_get, mosaic_bin, Mosaic};
+use mosaic_proto::pdu::{tmf_function, tmf_response, Bhs, Pdu, ScsiCommand};
+use mosaic_tests::initiator::{LoginOptions, Session, GOOD};
+use mosaic_tests::lab::{free_addr, samples, Lab, LabOptions, NODES};
+use mosaic_tests::server::{http_get, mosaic_bin};
 use mosaic_tests::tools::{self, RunOutput};
 
 const TOOL_LIMIT: Duration = Duration::from_secs(300);
-/// A CLI call waits for every node to follow the change (the endpoint gives up
-/// after 15 s).
-const CLI_LIMIT: Duration = Duration::from_secs(90);
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 const VOLUME: &str = "dyn";
 /// 64 MiB in 4 MiB pages: 16 pages, enough to land on every node.
 const VOLUME_SIZE: &str = "64M";
@@ -34,77 +30,10 @@ const PAGE_SIZE: &str = "4M";
 const IMAGE_BYTES: usize = 32 << 20;
 const BLOCK: u64 = 512;
 
-/// A port free on every lab address (node portals and, one higher, links).
-fn lab_port() -> u16 {
-    mosaic_tests::server::lab_port(NODES, NICS)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
-
-struct Lab {
-    lab: Mosaic,
-    port: u16,
-    group: SocketAddr,
-    admin: SocketAddr,
-}
-
 fn start_lab() -> Lab {
-    let port = lab_port();
-    let group: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--admin",
-        &admin.to_string(),
-        "--data-dir",
-        "data",
-        "--volume",
-        "name=lv,size=16M,backing=memory",
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let lab =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
-    // The admin endpoint is bound right after the portals.
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "admin endpoint {admin} not listening:\n{}",
-            lab.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Lab {
-        lab,
-        port,
-        group,
-        admin,
-    }
-}
-
-/// `mosaic ARGS... --admin ADDR`.
-fn cli(admin: SocketAddr, args: &[&str]) -> RunOutput {
-    let mut cmd = Command::new(mosaic_bin());
-    cmd.args(args).arg("--admin").arg(admin.to_string());
-    tools::run(&mut cmd, CLI_LIMIT)
-}
-
-fn ok(out: RunOutput, what: &str) -> RunOutput {
-    assert!(out.success(), "{what} failed:\n{}", out.both());
-    out
+    LabOptions::new()
+        .volume("name=lv,size=16M,backing=memory")
+        .start()
 }
 
 fn refused(out: RunOutput, what: &str, message: &str) {
@@ -114,50 +43,6 @@ fn refused(out: RunOutput, what: &str, message: &str) {
         "{what}: expected {message:?} in:\n{}",
         out.both()
     );
-}
-
-/// Pages per node from `mosaic routing show`: node -> (primary, replica).
-fn pages_per_node(out: &str) -> Vec<(u32, u64, u64)> {
-    out.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                [n, p, r] => Some((n.parse().ok()?, p.parse().ok()?, r.parse().ok()?)),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-fn random_image(path: &std::path::Path) {
-    let mut data = vec![0u8; IMAGE_BYTES];
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::write(path, &data).expect("write image");
-}
-
-/// Takes every pending unit attention of a session; returns their (ASC, ASCQ).
-fn drain_unit_attentions(s: &mut Session) -> Vec<(u8, u8)> {
-    let mut seen = Vec::new();
-    for _ in 0..8 {
-        let r = s.test_unit_ready().expect("TEST UNIT READY");
-        if r.status == GOOD {
-            return seen;
-        }
-        assert_eq!(r.status, CHECK_CONDITION, "TEST UNIT READY status");
-        let (key, asc, ascq) = r.sense_key().expect("sense data");
-        assert_eq!(
-            key, 0x6,
-            "UNIT ATTENTION expected, sense {asc:#x}/{ascq:#x}"
-        );
-        seen.push((asc, ascq));
-    }
-    panic!("unit attentions never ran out: {seen:?}");
 }
 
 #[test]
@@ -174,54 +59,40 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
     let Some(ls) = tools::require(test, "iscsi-ls", "libiscsi-bin") else {
         return;
     };
-    let Lab {
-        mut lab,
-        port,
-        group,
-        admin,
-    } = start_lab();
-    let iqn = format!("iqn.2026-11.io.mosaic:{VOLUME}");
-    let url = |addr: String| format!("iscsi://{addr}/{iqn}/0");
+    let mut lab = start_lab();
+    let (port, group) = (lab.port, lab.group);
+    let iqn = mosaic_tests::target_iqn(VOLUME);
+    let url = |addr: String| lab.url(addr, VOLUME);
     let discover = || {
-        ok(
-            tools::run(
-                Command::new(&ls).arg(format!("iscsi://{group}")),
-                TOOL_LIMIT,
-            ),
-            "iscsi-ls at the group portal",
+        tools::run(
+            Command::new(&ls).arg(format!("iscsi://{group}")),
+            TOOL_LIMIT,
         )
+        .assert_success("iscsi-ls at the group portal")
         .both()
     };
     assert!(!discover().contains(&iqn), "not there before it is created");
 
     // Create.
-    let out = ok(
-        cli(
-            admin,
-            &[
-                "volume",
-                "create",
-                VOLUME,
-                "--size",
-                VOLUME_SIZE,
-                "--page-size",
-                PAGE_SIZE,
-            ],
-        ),
-        "mosaic volume create",
-    );
+    let out = lab.cli_ok(&[
+        "volume",
+        "create",
+        VOLUME,
+        "--size",
+        VOLUME_SIZE,
+        "--page-size",
+        PAGE_SIZE,
+    ]);
     assert!(
-        out.stdout
-            .contains(&format!("created volume {VOLUME}: 64 MiB")),
-        "{}",
-        out.both()
+        out.contains(&format!("created volume {VOLUME}: 64 MiB")),
+        "{out}"
     );
     refused(
-        cli(admin, &["volume", "create", VOLUME, "--size", "1M"]),
+        lab.cli(&["volume", "create", VOLUME, "--size", "1M"]),
         "creating it twice",
         "exists",
     );
-    let list = ok(cli(admin, &["volume", "list"]), "mosaic volume list").stdout;
+    let list = lab.cli_ok(&["volume", "list"]);
     assert!(
         list.lines()
             .any(|l| l.starts_with(&format!("{VOLUME} ")) && l.contains("64 MiB")),
@@ -235,18 +106,21 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
     }
 
     // Its pages are on all three nodes.
-    let routing = ok(
-        cli(admin, &["routing", "show", VOLUME]),
-        "mosaic routing show",
-    )
-    .stdout;
-    let per_node = pages_per_node(&routing);
-    assert_eq!(per_node.len(), NODES as usize, "a row per node:\n{routing}");
-    for (node, primary, _) in &per_node {
-        assert!(*primary > 0, "node {node} holds primary pages:\n{routing}");
+    let (routing, shown) = lab.routing(VOLUME);
+    assert_eq!(
+        shown.nodes.len(),
+        NODES as usize,
+        "a row per node:\n{routing}"
+    );
+    for n in &shown.nodes {
+        assert!(
+            n.primary > 0,
+            "node {} holds primary pages:\n{routing}",
+            n.node
+        );
     }
     assert_eq!(
-        per_node.iter().map(|(_, p, _)| p).sum::<u64>(),
+        shown.nodes.iter().map(|n| n.primary).sum::<u64>(),
         16,
         "16 pages of 4 MiB:\n{routing}"
     );
@@ -258,47 +132,18 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
     // Written through node 1, identical through node 2 and the group portal.
     let dir = tempfile::tempdir().expect("temp dir");
     let image = dir.path().join("random.img");
-    random_image(&image);
+    mosaic_tests::pattern::random_file(&image, 2, IMAGE_BYTES);
     let image = image.to_str().expect("utf-8").to_string();
-    ok(
-        tools::run(
-            qemu.command().args([
-                "convert",
-                "-n",
-                "-f",
-                "raw",
-                "-O",
-                "raw",
-                &image,
-                &url(format!("127.0.1.1:{port}")),
-            ]),
-            TOOL_LIMIT,
-        ),
+    qemu.convert(
         "qemu-img convert into node 1",
+        &["-n", &image, &url(format!("127.0.1.1:{port}"))],
     );
-    let compare = |addr: String| {
-        let out = ok(
-            tools::run(
-                qemu.command().args([
-                    "compare",
-                    "-f",
-                    "raw",
-                    "-F",
-                    "raw",
-                    &image,
-                    &url(addr.clone()),
-                ]),
-                TOOL_LIMIT,
-            ),
-            &format!("qemu-img compare through {addr}"),
-        );
-        assert!(out.both().contains("identical"), "{addr}: {}", out.both());
-    };
+    let compare = |addr: String| qemu.assert_identical(&image, &url(addr));
     compare(format!("127.0.2.2:{port}"));
     compare(group.to_string());
 
     // Status: every node, its portals, and I/O that went between nodes.
-    let status = ok(cli(admin, &["status"]), "mosaic status").stdout;
+    let status = lab.cli_ok(&["status"]);
     for node in 1..=NODES {
         assert!(
             status
@@ -311,8 +156,7 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
             "node {node}'s second NIC in:\n{status}"
         );
     }
-    let (code, metrics) = http_get(admin, "/metrics");
-    assert_eq!(code, 200, "{metrics}");
+    let metrics = lab.metrics();
     for name in [
         "# TYPE mosaic_node_read_commands_total counter",
         "mosaic_node_written_bytes_total{node=\"1\"}",
@@ -326,40 +170,37 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
     // Node 1 wrote the image: pieces went to the other nodes.
-    let forwarded_1: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("mosaic_node_forwarded_pieces_total{node=\"1\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("node 1's forwarded pieces in:\n{metrics}"));
+    let forwarded_1 = samples(&metrics)
+        .iter()
+        .find(|s| s.name == "mosaic_node_forwarded_pieces_total" && s.label("node") == Some("1"))
+        .unwrap_or_else(|| panic!("node 1's forwarded pieces in:\n{metrics}"))
+        .as_u64();
     assert!(forwarded_1 > 0, "{metrics}");
-    let (code, body) = http_get(admin, "/routing/nope");
+    let (code, body) = http_get(lab.admin, "/routing/nope");
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("\"error\""), "{body}");
 
     // Resize: a session from before keeps the old capacity and hears of the change.
     let mut opts = LoginOptions::new(&iqn);
     opts.initiator_name = "iqn.2026-11.io.mosaic.test:resize".into();
-    let node2: SocketAddr = ([127, 0, 2, 1], port).into();
+    let node2 = lab.portal(2, 1);
     let mut before = Session::login(node2, &opts).expect("login before the resize");
     before.lun = 0;
-    drain_unit_attentions(&mut before);
+    before.drain_unit_attentions();
     assert_eq!(
         before.read_capacity().expect("READ CAPACITY").0,
         (64 << 20) / BLOCK
     );
-    let out = ok(
-        cli(admin, &["volume", "resize", VOLUME, "--size", "128M"]),
-        "mosaic volume resize",
-    );
-    assert!(out.stdout.contains("128 MiB"), "{}", out.both());
-    let uas = drain_unit_attentions(&mut before);
+    let out = lab.cli_ok(&["volume", "resize", VOLUME, "--size", "128M"]);
+    assert!(out.contains("128 MiB"), "{out}");
+    let uas = before.drain_unit_attentions();
     assert!(
         uas.contains(&(0x2a, 0x09)),
         "CAPACITY DATA HAS CHANGED among {uas:x?}"
     );
     let mut after = Session::login(node2, &opts).expect("login after the resize");
     after.lun = 0;
-    drain_unit_attentions(&mut after);
+    after.drain_unit_attentions();
     assert_eq!(
         after.read_capacity().expect("READ CAPACITY").0,
         (128 << 20) / BLOCK,
@@ -367,14 +208,12 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
     );
     let _ = before.logout();
     let _ = after.logout();
-    let info = ok(
-        tools::run(
-            qemu.command()
-                .args(["info", &url(format!("127.0.3.2:{port}"))]),
-            TOOL_LIMIT,
-        ),
-        "qemu-img info after the resize",
-    );
+    let info = tools::run(
+        qemu.command()
+            .args(["info", &url(format!("127.0.3.2:{port}"))]),
+        TOOL_LIMIT,
+    )
+    .assert_success("qemu-img info after the resize");
     assert!(
         info.stdout.contains("134217728 bytes"),
         "128 MiB:\n{}",
@@ -384,38 +223,38 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
     // which qemu-img compare accepts past the shorter image).
     compare(format!("127.0.3.1:{port}"));
     refused(
-        cli(admin, &["volume", "resize", "nope", "--size", "1G"]),
+        lab.cli(&["volume", "resize", "nope", "--size", "1G"]),
         "resizing an unknown volume",
         "no volume named \"nope\"",
     );
 
     // Delete.
-    ok(
-        cli(admin, &["volume", "delete", VOLUME]),
-        "mosaic volume delete",
-    );
+    lab.cli_ok(&["volume", "delete", VOLUME]);
     assert!(!discover().contains(&iqn), "gone from discovery");
-    let list = ok(cli(admin, &["volume", "list"]), "mosaic volume list").stdout;
+    let list = lab.cli_ok(&["volume", "list"]);
     assert!(
         !list.lines().any(|l| l.starts_with(&format!("{VOLUME} "))),
         "{list}"
     );
     refused(
-        cli(admin, &["volume", "delete", VOLUME]),
+        lab.cli(&["volume", "delete", VOLUME]),
         "deleting it again",
         "no volume named",
     );
     refused(
-        cli(admin, &["routing", "show", VOLUME]),
+        lab.cli(&["routing", "show", VOLUME]),
         "routing of a deleted volume",
         "no volume named",
     );
-    lab.assert_alive("after the volume changes");
+    lab.mosaic.assert_alive("after the volume changes");
 
     // Nothing listening: the client says where it looked.
-    let closed: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let closed = free_addr();
     refused(
-        cli(closed, &["status"]),
+        tools::run(
+            Command::new(mosaic_bin()).args(["status", "--admin", &closed.to_string()]),
+            mosaic_tests::lab::CLI_LIMIT,
+        ),
         "status without a lab",
         "cannot reach the admin endpoint",
     );
@@ -428,31 +267,22 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
 /// data; QUERY TASK (RFC 7144) tells whether it is still in the task set.
 #[test]
 fn preempt_and_abort_reaches_the_tasks_on_a_volume_created_at_run_time() {
-    use mosaic_proto::pdu::{tmf_function, tmf_response, Bhs, Pdu, ScsiCommand};
     if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
         return;
     }
     const KEY_A: u64 = 0xa;
     const KEY_B: u64 = 0xb;
     const WRITE_EXCLUSIVE: u8 = 0x01;
-    let Lab {
-        mut lab,
-        port,
-        admin,
-        ..
-    } = start_lab();
-    ok(
-        cli(admin, &["volume", "create", "pa", "--size", "16M"]),
-        "mosaic volume create",
-    );
+    let mut lab = start_lab();
+    lab.cli_ok(&["volume", "create", "pa", "--size", "16M"]);
     let iqn = "iqn.2026-11.io.mosaic:pa";
-    let node1: SocketAddr = ([127, 0, 1, 1], port).into();
+    let node1 = lab.portal(1, 1);
     let login = |name: &str| {
         let mut o = LoginOptions::new(iqn);
         o.initiator_name = name.to_string();
         let mut s = Session::login(node1, &o).expect("login at node 1");
         s.lun = 0;
-        drain_unit_attentions(&mut s);
+        s.drain_unit_attentions();
         s
     };
     let mut a = login("iqn.2026-11.io.mosaic:tests-a");
@@ -519,7 +349,7 @@ fn preempt_and_abort_reaches_the_tasks_on_a_volume_created_at_run_time() {
             Instant::now() < deadline,
             "the preempted initiator's write is still in the task set 10 s after \
              PREEMPT AND ABORT on a volume created at run time:\n{}",
-            lab.log()
+            lab.mosaic.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -534,5 +364,5 @@ fn preempt_and_abort_reaches_the_tasks_on_a_volume_created_at_run_time() {
         .command(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0u8; 512], 0)
         .expect("write");
     assert_eq!(r.status, 0x18, "RESERVATION CONFLICT");
-    lab.assert_alive("after PREEMPT AND ABORT");
+    lab.mosaic.assert_alive("after PREEMPT AND ABORT");
 }
