@@ -17,6 +17,61 @@
 //! libiscsi's tests "pass" when the target lacks an optional feature and print
 //! `[SKIPPED]`; CUnit has no skip state, so those are counted apart here.
 
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// The initiator names libiscsi's two-initiator tests log in with (`-i`, `-I`).
+pub const INITIATOR_1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
+pub const INITIATOR_2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
+
+/// libiscsi's persistent reservation, RESERVE(6) and multipath suites: every test
+/// of them needs two initiators, so each runs with a second URL.
+pub const RESERVATION_SUITES: &[&str] = &[
+    "SCSI.PrinReadKeys",
+    "SCSI.PrinServiceactionRange",
+    "SCSI.PrinReportCapabilities",
+    "SCSI.ProutRegister",
+    "SCSI.ProutReserve",
+    "SCSI.ProutClear",
+    "SCSI.ProutPreempt",
+    "SCSI.Reserve6",
+    "SCSI.MultipathIO",
+];
+
+/// `iscsi-test-cu --dataloss -i INITIATOR_1 -I INITIATOR_2 -t SELECTION URL...`:
+/// the write tests run (`--dataloss`), and the two-initiator tests log in with
+/// both names (the second URL, if given, is the second path).
+pub fn test_cu(cu: &Path, selection: &str, urls: &[&str]) -> Command {
+    let mut cmd = Command::new(cu);
+    cmd.args([
+        "--dataloss",
+        "-i",
+        INITIATOR_1,
+        "-I",
+        INITIATOR_2,
+        "-t",
+        selection,
+    ])
+    .args(urls);
+    cmd
+}
+
+/// Every `FAMILY.SUITE.TEST` that `iscsi-test-cu --list` names for `suites`
+/// (`FAMILY.SUITE` each), so a test can check that all of them ran.
+pub fn listed_tests(cu: &Path, suites: &[&str]) -> BTreeSet<String> {
+    let out = crate::tools::run(Command::new(cu).arg("--list"), Duration::from_secs(30));
+    assert!(out.success(), "iscsi-test-cu --list failed\n{}", out.both());
+    out.stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.matches('.').count() == 2)
+        .filter(|l| suites.iter().any(|s| l.starts_with(&format!("{s}."))))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The verdict on one test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

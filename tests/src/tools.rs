@@ -232,6 +232,19 @@ impl QemuImg {
     }
 }
 
+/// Finds a qemu-img with the iSCSI driver for `test`; `None` (after a SKIP line)
+/// when there is none outside CI. Panics when there is none under CI.
+pub fn require_qemu_img(test: &str) -> Option<QemuImg> {
+    let q = qemu_img_with_iscsi();
+    if q.is_none() {
+        skip_or_fail(
+            test,
+            "no qemu-img with the iSCSI block driver (scripts/setup-qemu-iscsi.sh installs one)",
+        );
+    }
+    q
+}
+
 /// Finds a qemu-img with the iSCSI driver: `$MOSAIC_QEMU_IMG`, then the one
 /// `scripts/setup-qemu-iscsi.sh` unpacks into /opt/qemu72, then the one on PATH.
 pub fn qemu_img_with_iscsi() -> Option<QemuImg> {

@@ -35,8 +35,7 @@ fn lab_cluster_serves_the_same_bytes_through_every_node() {
         eprintln!("{test}: skipped against an external target");
         return;
     }
-    let Some(qemu) = tools::qemu_img_with_iscsi() else {
-        tools::skip_or_fail(test, "no qemu-img with the iSCSI driver");
+    let Some(qemu) = tools::require_qemu_img(test) else {
         return;
     };
     let Some(ls) = tools::require(test, "iscsi-ls", "libiscsi-bin") else {

@@ -25,8 +25,6 @@ use mosaic_tests::cunit::{self, Verdict};
 use mosaic_tests::lab::{Lab, LabOptions, NODES};
 use mosaic_tests::tools;
 
-const INIT1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
-const INIT2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
 /// One node's run takes about half a minute; this leaves room for a loaded box.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
 const LIST_LIMIT: Duration = Duration::from_secs(30);
@@ -124,9 +122,7 @@ fn the_whole_suite_passes_through_each_node_with_multipath_across_nodes() {
         let url = lab.url(lab.portal(node, 1), &volume);
         let mpurl = lab.url(lab.portal(other, 2), &volume);
         let out = tools::run(
-            Command::new(&cu)
-                .args(["--dataloss", "-i", INIT1, "-I", INIT2, "-t", &selection])
-                .args([&url, &mpurl]),
+            &mut cunit::test_cu(&cu, &selection, &[&url, &mpurl]),
             RUN_LIMIT,
         );
         assert!(

@@ -16,7 +16,6 @@
 //!   the coordinator's key, which the embedded coordinator does not keep).
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use mosaic_tests::cunit::{self, Verdict};
@@ -25,8 +24,6 @@ use mosaic_tests::lab::{node_portal, Lab, LabOptions};
 use mosaic_tests::tools;
 
 const IQN: &str = "iqn.2026-11.io.mosaic:prv";
-const INIT1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
-const INIT2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
 const RESERVATION_CONFLICT: u8 = 0x18;
 const WRITE_EXCLUSIVE: u8 = 0x01;
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -70,6 +67,19 @@ fn prout(s: &mut Session, sa: u8, ptype: u8, key: u64, sa_key: u64) -> u8 {
     s.command(&[0x5f, sa, ptype, 0, 0, 0, 0, 0, 24, 0], &p, 0)
         .expect("PERSISTENT RESERVE OUT")
         .status
+}
+
+/// PERSISTENT RESERVE IN, READ KEYS: every registered key, in the order listed.
+fn registered_keys(s: &mut Session) -> Vec<u64> {
+    let data = s
+        .command(&[0x5e, 0x00, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64)
+        .expect("READ KEYS")
+        .data;
+    let len = u32::from_be_bytes(data[4..8].try_into().expect("4 bytes")) as usize;
+    data[8..8 + len]
+        .chunks(8)
+        .map(|k| u64::from_be_bytes(k.try_into().expect("a whole key")))
+        .collect()
 }
 
 fn write_status(s: &mut Session) -> u8 {
@@ -121,16 +131,7 @@ fn a_reservation_through_node_1_conflicts_a_write_through_node_2() {
     );
     assert_eq!(write_status(&mut a), GOOD, "the holder writes");
     // PERSISTENT RESERVE IN at node 2 sees node 1's key and reservation.
-    let keys = b
-        .command(&[0x5e, 0x00, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64)
-        .expect("READ KEYS")
-        .data;
-    assert_eq!(
-        u32::from_be_bytes(keys[4..8].try_into().unwrap()),
-        8,
-        "one key"
-    );
-    assert_eq!(u64::from_be_bytes(keys[8..16].try_into().unwrap()), KEY_A);
+    assert_eq!(registered_keys(&mut b), vec![KEY_A], "node 1's key only");
     let res = b
         .command(&[0x5e, 0x01, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64)
         .expect("READ RESERVATION")
@@ -183,22 +184,9 @@ fn libiscsi_reservation_and_multipath_suites_pass_with_urls_on_two_nodes() {
     let (mut lab, port) = start_lab();
     let url1 = format!("iscsi://{}/{IQN}/0", node(1, port));
     let url2 = format!("iscsi://{}/{IQN}/0", node(2, port));
-    let suites = [
-        "SCSI.PrinReadKeys",
-        "SCSI.PrinServiceactionRange",
-        "SCSI.PrinReportCapabilities",
-        "SCSI.ProutRegister",
-        "SCSI.ProutReserve",
-        "SCSI.ProutClear",
-        "SCSI.ProutPreempt",
-        "SCSI.Reserve6",
-        "SCSI.MultipathIO",
-    ]
-    .join(",");
+    let suites = cunit::RESERVATION_SUITES.join(",");
     let out = tools::run(
-        Command::new(&cu)
-            .args(["--dataloss", "-i", INIT1, "-I", INIT2, "-t", &suites])
-            .args([&url1, &url2]),
+        &mut cunit::test_cu(&cu, &suites, &[&url1, &url2]),
         RUN_LIMIT,
     );
     let report = cunit::parse(&out.stdout);
@@ -252,16 +240,7 @@ fn aptpl_reservations_survive_a_restart_of_the_lab() {
 
     let (mut lab, port) = start_lab_on(LabOptions::new().data_dir(data.path()), "backing=file");
     let mut b = login(node(3, port), "iqn.2026-11.io.mosaic:tests-other");
-    let keys = b
-        .command(&[0x5e, 0x00, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64)
-        .expect("READ KEYS")
-        .data;
-    assert_eq!(
-        u32::from_be_bytes(keys[4..8].try_into().unwrap()),
-        8,
-        "one key"
-    );
-    assert_eq!(u64::from_be_bytes(keys[8..16].try_into().unwrap()), KEY);
+    assert_eq!(registered_keys(&mut b), vec![KEY], "the APTPL key only");
     assert_eq!(write_status(&mut b), RESERVATION_CONFLICT, "still reserved");
     lab.mosaic.assert_alive("after the restart");
 }

@@ -58,8 +58,7 @@ fn short_cut_reads_return_the_data_through_every_node() {
     if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
         return;
     }
-    let Some(qemu) = tools::qemu_img_with_iscsi() else {
-        tools::skip_or_fail(test, "no qemu-img with the iSCSI driver");
+    let Some(qemu) = tools::require_qemu_img(test) else {
         return;
     };
     let mut lab = LabOptions::new()

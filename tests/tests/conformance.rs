@@ -8,16 +8,12 @@
 //! `MOSAIC_TEST_TARGET="127.0.0.1:3260 iqn.2024-01.org.example:tgt.disk1 1"`).
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use mosaic_tests::cunit::{self, Verdict};
 use mosaic_tests::server::{Mosaic, Volume};
 use mosaic_tests::tools;
 
-/// The two initiator names libiscsi's multi-initiator tests use.
-const INIT1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
-const INIT2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
 /// SCSI commands issue 2 requires: libiscsi skipping a test because one of these "is
 /// not implemented" is a failure here, not a skip.
 const REQUIRED_COMMANDS: &[&str] = &[
@@ -43,25 +39,12 @@ const REQUIRED_COMMANDS: &[&str] = &[
 /// One iscsi-test-cu run; against tgt each of these suites takes well under a second.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
-/// Every `FAMILY.SUITE.TEST` that `iscsi-test-cu --list` names for `suites`.
-fn listed_tests(cu: &std::path::Path, suites: &[&str]) -> BTreeSet<String> {
-    let out = tools::run(Command::new(cu).arg("--list"), Duration::from_secs(30));
-    assert!(out.success(), "iscsi-test-cu --list failed\n{}", out.both());
-    out.stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.matches('.').count() == 2)
-        .filter(|l| suites.iter().any(|s| l.starts_with(&format!("{s}."))))
-        .map(str::to_string)
-        .collect()
-}
-
 /// Runs `suites` against a fresh volume and asserts: all listed tests ran, none failed.
 fn conformance(test: &str, suites: &[&str], volume: Volume) {
     let Some(cu) = tools::require(test, "iscsi-test-cu", "libiscsi-bin") else {
         return;
     };
-    let listed = listed_tests(&cu, suites);
+    let listed = cunit::listed_tests(&cu, suites);
     assert!(
         !listed.is_empty(),
         "iscsi-test-cu --list names no tests for {suites:?}: wrong suite names?"
@@ -70,12 +53,7 @@ fn conformance(test: &str, suites: &[&str], volume: Volume) {
     let mut server = Mosaic::start(&[volume]);
     let url = server.url(&name);
     let selection = suites.join(",");
-    let out = tools::run(
-        Command::new(&cu)
-            .args(["--dataloss", "-i", INIT1, "-I", INIT2, "-t", &selection])
-            .arg(&url),
-        RUN_LIMIT,
-    );
+    let out = tools::run(&mut cunit::test_cu(&cu, &selection, &[&url]), RUN_LIMIT);
     let report = cunit::parse(&out.stdout);
     eprintln!(
         "{test}: iscsi-test-cu -t {selection} {url}: {} in {:.1}s",

@@ -10,15 +10,12 @@
 //!   (see [`READ_ONLY_TESTS`] for which and why).
 
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::Duration;
 
 use mosaic_tests::cunit::{self, Verdict};
 use mosaic_tests::server::Mosaic;
 use mosaic_tests::tools;
 
-const INIT1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
-const INIT2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
 /// The whole suite takes a few minutes on a loaded 2-core machine.
 const RUN_LIMIT: Duration = Duration::from_secs(1200);
 
@@ -36,12 +33,7 @@ fn run_full(test: &str, spec: &str, tests: &str) -> Option<(cunit::Report, Mosai
     let server = Mosaic::start_with(&[], &["--volume", spec, "--portal", &second.to_string()]);
     let url = server.url("full");
     let mpurl = format!("iscsi://{second}/{}/{}", server.iqn("full"), server.lun());
-    let out = tools::run(
-        Command::new(&cu)
-            .args(["--dataloss", "-i", INIT1, "-I", INIT2, "-t", tests])
-            .args([&url, &mpurl]),
-        RUN_LIMIT,
-    );
+    let out = tools::run(&mut cunit::test_cu(&cu, tests, &[&url, &mpurl]), RUN_LIMIT);
     assert!(
         !out.timed_out,
         "{test}: iscsi-test-cu timed out\n{}",

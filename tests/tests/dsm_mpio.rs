@@ -32,6 +32,15 @@ fn start_lab() -> Lab {
         .start()
 }
 
+/// A runtime for the disk's tasks: two workers, like the machine.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn block(lba: u64, generation: u64, blocks: u32, bs: u32) -> Bytes {
     let mut v = Vec::with_capacity((blocks * bs) as usize);
     for i in 0..u64::from(blocks) {
@@ -72,11 +81,7 @@ fn multipath_routing_aware_on_the_lab_cluster() {
     }
     let lab = start_lab();
     let (group, admin) = (lab.group, lab.admin);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let mut session = SessionConfig::new(LoginConfig::normal("unused"));
         session.timers = ConnTimers {
@@ -227,11 +232,7 @@ fn a_failed_path_is_avoided_then_reinstated() {
         return;
     }
     let server = Mosaic::start(&[Volume::memory("fo", "16M")]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let a_down = Arc::new(AtomicBool::new(false));
         let a = switchable_proxy(server.addr(), a_down.clone()).await;

@@ -18,17 +18,6 @@ const IMAGE_LEN: usize = 64 << 20;
 /// build of the target is slower. This bounds a hang, not the speed.
 const CONVERT_LIMIT: Duration = Duration::from_secs(240);
 
-fn qemu_img(test: &str) -> Option<QemuImg> {
-    let q = tools::qemu_img_with_iscsi();
-    if q.is_none() {
-        tools::skip_or_fail(
-            test,
-            "no qemu-img with the iSCSI block driver (scripts/setup-qemu-iscsi.sh installs one)",
-        );
-    }
-    q
-}
-
 /// The qemu `--image-opts` string for `volume` on `server`, raw format over iscsi.
 fn image_opts(server: &Mosaic, volume: &str, header_digest: Option<&str>) -> String {
     let mut s = format!(
@@ -74,7 +63,9 @@ fn assert_same_prefix(src: &Path, back: &Path) {
 /// Writes a random image into `volume` and reads it back, with or without header
 /// digests, and compares.
 fn round_trip(test: &str, volume: Volume, header_digest: Option<&str>, seed: u64) {
-    let Some(q) = qemu_img(test) else { return };
+    let Some(q) = tools::require_qemu_img(test) else {
+        return;
+    };
     let name = volume.name.clone();
     let mut server = Mosaic::start(&[volume]);
     let src = server.scratch().join("src.img");
@@ -159,7 +150,9 @@ fn convert_64mib_file_backed_4096_byte_blocks() {
 #[test]
 fn info_reports_volume_size() {
     let test = "info_reports_volume_size";
-    let Some(q) = qemu_img(test) else { return };
+    let Some(q) = tools::require_qemu_img(test) else {
+        return;
+    };
     let server = Mosaic::start(&[Volume::memory("sized", "96M")]);
     let out = tools::run(
         q.command()

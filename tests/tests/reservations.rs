@@ -11,45 +11,16 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use mosaic_tests::cunit::{self, Verdict};
+use mosaic_tests::cunit::{self, Verdict, RESERVATION_SUITES};
 use mosaic_tests::initiator::{self, LoginOptions, Session};
 use mosaic_tests::server::{Mosaic, Volume};
 use mosaic_tests::{target_iqn, tools};
 
-/// The two initiator names libiscsi's multi-initiator tests use.
-const INIT1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
-const INIT2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
-/// The suites of this part of issue 4.
-const SUITES: &[&str] = &[
-    "SCSI.PrinReadKeys",
-    "SCSI.PrinServiceactionRange",
-    "SCSI.PrinReportCapabilities",
-    "SCSI.ProutRegister",
-    "SCSI.ProutReserve",
-    "SCSI.ProutClear",
-    "SCSI.ProutPreempt",
-    "SCSI.Reserve6",
-    "SCSI.MultipathIO",
-];
 /// One run of all of them: Reserve6 sleeps 3 s after each of its three resets; the
 /// rest takes seconds on a debug build.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
-
-/// Every `FAMILY.SUITE.TEST` that `iscsi-test-cu --list` names for `suites`.
-fn listed_tests(cu: &Path, suites: &[&str]) -> BTreeSet<String> {
-    let out = tools::run(Command::new(cu).arg("--list"), Duration::from_secs(30));
-    assert!(out.success(), "iscsi-test-cu --list failed\n{}", out.both());
-    out.stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.matches('.').count() == 2)
-        .filter(|l| suites.iter().any(|s| l.starts_with(&format!("{s}."))))
-        .map(str::to_string)
-        .collect()
-}
 
 #[test]
 fn libiscsi_reservation_and_multipath_suites_pass() {
@@ -57,19 +28,16 @@ fn libiscsi_reservation_and_multipath_suites_pass() {
     let Some(cu) = tools::require(test, "iscsi-test-cu", "libiscsi-bin") else {
         return;
     };
-    let listed = listed_tests(&cu, SUITES);
+    let listed = cunit::listed_tests(&cu, RESERVATION_SUITES);
     assert!(
         listed.len() >= 30,
-        "iscsi-test-cu --list names only {listed:?} for {SUITES:?}"
+        "iscsi-test-cu --list names only {listed:?} for {RESERVATION_SUITES:?}"
     );
     let mut server = Mosaic::start(&[Volume::memory("pr", "64M")]);
     let url = server.url("pr");
-    let selection = SUITES.join(",");
+    let selection = RESERVATION_SUITES.join(",");
     let out = tools::run(
-        Command::new(&cu)
-            .args(["--dataloss", "-i", INIT1, "-I", INIT2, "-t", &selection])
-            .arg(&url)
-            .arg(&url),
+        &mut cunit::test_cu(&cu, &selection, &[&url, &url]),
         RUN_LIMIT,
     );
     let report = cunit::parse(&out.stdout);

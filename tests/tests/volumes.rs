@@ -52,8 +52,7 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
         eprintln!("{test}: skipped against an external target");
         return;
     }
-    let Some(qemu) = tools::qemu_img_with_iscsi() else {
-        tools::skip_or_fail(test, "no qemu-img with the iSCSI driver");
+    let Some(qemu) = tools::require_qemu_img(test) else {
         return;
     };
     let Some(ls) = tools::require(test, "iscsi-ls", "libiscsi-bin") else {
