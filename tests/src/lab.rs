@@ -21,8 +21,6 @@ pub const NICS: u8 = 2;
 /// How long a `mosaic` client command may take: a change waits for every node to
 /// follow it (the endpoint gives up after 15 s).
 pub const CLI_LIMIT: Duration = Duration::from_secs(90);
-/// Attempts at a set of free ports (another process may take one meanwhile).
-const PORT_ATTEMPTS: usize = 5;
 
 /// The `mosaic lab` command line of a test, built up flag by flag.
 #[derive(Debug, Clone)]
@@ -116,31 +114,20 @@ impl LabOptions {
     /// Starts the lab and waits until its group portal listens; picks other ports
     /// when one was taken between choosing and binding it.
     pub fn start(&self) -> Lab {
-        let mut last_log = String::new();
-        for attempt in 1..=PORT_ATTEMPTS {
-            let port = lab_port(NODES, NICS);
-            let group = free_addr();
-            let admin = free_addr();
-            match Mosaic::launch(&self.command_line(port, group, admin), group) {
-                Ok(mosaic) => {
-                    return Lab {
-                        mosaic,
-                        port,
-                        group,
-                        admin,
-                    }
-                }
-                Err(log) => {
-                    let in_use = log.to_ascii_lowercase().contains("in use");
-                    last_log = log;
-                    if !in_use {
-                        break;
-                    }
-                    eprintln!("mosaic-tests: a lab port was taken (attempt {attempt}), retrying");
-                }
-            }
+        let (mosaic, (port, group, admin)) = Mosaic::launch_retrying(|| {
+            let (port, group, admin) = (lab_port(NODES, NICS), free_addr(), free_addr());
+            (
+                self.command_line(port, group, admin),
+                group,
+                (port, group, admin),
+            )
+        });
+        Lab {
+            mosaic,
+            port,
+            group,
+            admin,
         }
-        panic!("lab did not start:\n{last_log}");
     }
 }
 

@@ -30,6 +30,27 @@ pub fn target_iqn(volume: &str) -> String {
     format!("{IQN_PREFIX}{volume}")
 }
 
+/// A runtime for the tests that drive `mosaic-dsm` (async): two workers, like the
+/// machine the tests run on.
+pub fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// `true`, after a line saying so, when the tests run against another target
+/// (`MOSAIC_TEST_TARGET`, see [`server`]): `test` needs what only the `mosaic`
+/// binary has (a lab cluster, its admin endpoint), so it does not apply there.
+pub fn skip_against_external_target(test: &str) -> bool {
+    let external = std::env::var_os("MOSAIC_TEST_TARGET").is_some();
+    if external {
+        eprintln!("{test}: skipped against an external target (needs the mosaic binary)");
+    }
+    external
+}
+
 /// Logs in to `volume` on `server` (its LUN set) with `opts` made for that target.
 pub fn login(
     server: &server::Mosaic,

@@ -283,19 +283,29 @@ impl Mosaic {
     /// Launches `mosaic` with the arguments `args_for(portal)` builds for a free
     /// 127.0.0.1 portal, picking another port when the chosen one was taken meanwhile.
     pub fn launch_on_free_port(args_for: impl Fn(SocketAddr) -> Vec<String>) -> Mosaic {
+        Mosaic::launch_retrying(|| {
+            let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            (args_for(addr), addr, ())
+        })
+        .0
+    }
+
+    /// Launches `mosaic` with what `pick()` chooses: its arguments, the address to
+    /// wait for, and what the caller keeps of the choice (its ports). Chooses again
+    /// when `mosaic` says an address is in use (taken between choosing and binding).
+    pub fn launch_retrying<T>(pick: impl Fn() -> (Vec<String>, SocketAddr, T)) -> (Mosaic, T) {
         let mut last_log = String::new();
         for attempt in 1..=PORT_ATTEMPTS {
-            let port = free_port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            match Mosaic::launch(&args_for(addr), addr) {
-                Ok(m) => return m,
+            let (args, addr, chosen) = pick();
+            match Mosaic::launch(&args, addr) {
+                Ok(m) => return (m, chosen),
                 Err(log) => {
                     let in_use = log.to_ascii_lowercase().contains("in use");
                     last_log = log;
                     if !in_use {
                         break;
                     }
-                    eprintln!("mosaic-tests: port {port} taken (attempt {attempt}), retrying");
+                    eprintln!("mosaic-tests: a port was taken (attempt {attempt}), retrying");
                 }
             }
         }

@@ -31,8 +31,7 @@ fn start_lab() -> Lab {
 #[test]
 fn lab_cluster_serves_the_same_bytes_through_every_node() {
     let test = "lab_cluster_serves_the_same_bytes_through_every_node";
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
-        eprintln!("{test}: skipped against an external target");
+    if mosaic_tests::skip_against_external_target(test) {
         return;
     }
     let Some(qemu) = tools::require_qemu_img(test) else {
@@ -149,7 +148,9 @@ fn mpio_group(
 
 #[test]
 fn mpio_groups_land_on_distinct_nics_spread_over_nodes() {
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+    if mosaic_tests::skip_against_external_target(
+        "mpio_groups_land_on_distinct_nics_spread_over_nodes",
+    ) {
         return;
     }
     let mut lab = start_lab();

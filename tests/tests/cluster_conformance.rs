@@ -91,8 +91,7 @@ fn start_lab() -> Lab {
 #[test]
 fn the_whole_suite_passes_through_each_node_with_multipath_across_nodes() {
     let test = "the_whole_suite_passes_through_each_node_with_multipath_across_nodes";
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
-        eprintln!("{test}: skipped against an external target (needs a lab)");
+    if mosaic_tests::skip_against_external_target(test) {
         return;
     }
     let Some(cu) = tools::require(test, "iscsi-test-cu", "libiscsi-bin") else {

@@ -77,8 +77,7 @@ fn count(h: &BTreeMap<(u32, String), Histogram>, node: u32, op: &str) -> u64 {
 #[test]
 fn latency_histograms_count_every_command_of_their_node() {
     let test = "latency_histograms_count_every_command_of_their_node";
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
-        eprintln!("{test}: skipped against an external target");
+    if mosaic_tests::skip_against_external_target(test) {
         return;
     }
     let mut lab = LabOptions::new()

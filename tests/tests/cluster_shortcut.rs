@@ -55,7 +55,7 @@ fn read(s: &mut Session, offset: usize, len: usize) -> Vec<u8> {
 #[test]
 fn short_cut_reads_return_the_data_through_every_node() {
     let test = "short_cut_reads_return_the_data_through_every_node";
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+    if mosaic_tests::skip_against_external_target(test) {
         return;
     }
     let Some(qemu) = tools::require_qemu_img(test) else {

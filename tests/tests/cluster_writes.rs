@@ -125,8 +125,9 @@ fn counter_block(n: u64) -> Vec<u8> {
 
 #[test]
 fn compare_and_write_through_three_nodes_loses_no_update() {
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
-        eprintln!("cluster write test: needs a lab; skipped for an external target");
+    if mosaic_tests::skip_against_external_target(
+        "compare_and_write_through_three_nodes_loses_no_update",
+    ) {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");
@@ -225,7 +226,9 @@ fn compare_and_write_through_three_nodes_loses_no_update() {
 
 #[test]
 fn racing_writes_through_different_nodes_leave_every_copy_identical() {
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+    if mosaic_tests::skip_against_external_target(
+        "racing_writes_through_different_nodes_leave_every_copy_identical",
+    ) {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");
@@ -309,7 +312,9 @@ fn stamped(lba: u64, generation: u64) -> Vec<u8> {
 
 #[test]
 fn moving_pages_under_writes_loses_no_acknowledged_write() {
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+    if mosaic_tests::skip_against_external_target(
+        "moving_pages_under_writes_loses_no_acknowledged_write",
+    ) {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");

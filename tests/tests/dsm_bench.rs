@@ -48,7 +48,9 @@ fn row<'a>(md: &'a str, policy: &str) -> Vec<&'a str> {
 
 #[test]
 fn bench_compare_verify_with_page_moves_and_simulate() {
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+    if mosaic_tests::skip_against_external_target(
+        "bench_compare_verify_with_page_moves_and_simulate",
+    ) {
         return;
     }
     let dsm = dsm_bin();

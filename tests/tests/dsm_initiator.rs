@@ -26,14 +26,6 @@ const BLOCK: u32 = 512;
 /// against one shared external LUN (MOSAIC_TEST_TARGET).
 const KA_LBA: u64 = 120_000;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 fn external() -> bool {
     std::env::var_os("MOSAIC_TEST_TARGET").is_some()
 }
@@ -111,7 +103,7 @@ fn login_io_digests_window_reconnect_and_logout() {
         &[Volume::memory("dsm", "64M")],
         &["--config", conf.to_str().expect("utf-8")],
     );
-    let rt = runtime();
+    let rt = mosaic_tests::tokio_runtime();
     rt.block_on(async {
         // Plain login; the first command may report the new nexus's unit
         // attention, which the caller sees as such.
@@ -207,7 +199,7 @@ fn discovery_lists_the_targets() {
         return;
     }
     let server = Mosaic::start(&[Volume::memory("d1", "8M"), Volume::memory("d2", "8M")]);
-    let rt = runtime();
+    let rt = mosaic_tests::tokio_runtime();
     rt.block_on(async {
         let targets = discovery::send_targets(
             server.addr(),
@@ -251,7 +243,7 @@ fn chap_one_way_and_mutual() {
     let path = dir.path().join("chap.toml");
     std::fs::write(&path, CHAP_CONFIG).expect("write config");
     let server = Mosaic::start_with(&[], &["--config", path.to_str().expect("utf-8")]);
-    let rt = runtime();
+    let rt = mosaic_tests::tokio_runtime();
     rt.block_on(async {
         let chap = |user: &str, secret: &str, mutual: Option<(&str, &str)>| {
             Some(ChapConfig {
@@ -366,7 +358,7 @@ async fn freezable_proxy(to: SocketAddr, frozen: Arc<AtomicBool>) -> SocketAddr 
 #[test]
 fn unanswered_pings_declare_the_connection_dead_and_the_session_comes_back() {
     let server = Mosaic::start(&[Volume::memory("ka", "64M")]);
-    let rt = runtime();
+    let rt = mosaic_tests::tokio_runtime();
     rt.block_on(async {
         let frozen = Arc::new(AtomicBool::new(false));
         let proxy = freezable_proxy(server.addr(), frozen.clone()).await;
@@ -419,7 +411,7 @@ fn the_targets_pings_are_answered() {
         &[Volume::memory("np", "8M")],
         &["--nop-interval", "1", "--nop-timeout", "1"],
     );
-    let rt = runtime();
+    let rt = mosaic_tests::tokio_runtime();
     rt.block_on(async {
         let mut cfg = config(&server, "np", |_| {});
         cfg.timers.nop_interval = Duration::ZERO;

@@ -32,15 +32,6 @@ fn start_lab() -> Lab {
         .start()
 }
 
-/// A runtime for the disk's tasks: two workers, like the machine.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn block(lba: u64, generation: u64, blocks: u32, bs: u32) -> Bytes {
     let mut v = Vec::with_capacity((blocks * bs) as usize);
     for i in 0..u64::from(blocks) {
@@ -76,12 +67,12 @@ async fn write_read_all(disk: &MpioDisk, generation: u64) {
 
 #[test]
 fn multipath_routing_aware_on_the_lab_cluster() {
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+    if mosaic_tests::skip_against_external_target("multipath_routing_aware_on_the_lab_cluster") {
         return;
     }
     let lab = start_lab();
     let (group, admin) = (lab.group, lab.admin);
-    let rt = runtime();
+    let rt = mosaic_tests::tokio_runtime();
     rt.block_on(async {
         let mut session = SessionConfig::new(LoginConfig::normal("unused"));
         session.timers = ConnTimers {
@@ -228,11 +219,11 @@ async fn switchable_proxy(to: SocketAddr, down: Arc<AtomicBool>) -> SocketAddr {
 
 #[test]
 fn a_failed_path_is_avoided_then_reinstated() {
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+    if mosaic_tests::skip_against_external_target("a_failed_path_is_avoided_then_reinstated") {
         return;
     }
     let server = Mosaic::start(&[Volume::memory("fo", "16M")]);
-    let rt = runtime();
+    let rt = mosaic_tests::tokio_runtime();
     rt.block_on(async {
         let a_down = Arc::new(AtomicBool::new(false));
         let a = switchable_proxy(server.addr(), a_down.clone()).await;

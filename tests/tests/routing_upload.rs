@@ -183,8 +183,7 @@ fn hears_the_change_once(test: &str, s: &mut Session, node: u32) {
 #[test]
 fn initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes() {
     let test = "initiators_fetch_the_routing_table_over_scsi_and_hear_of_changes";
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
-        eprintln!("{test}: skipped against an external target");
+    if mosaic_tests::skip_against_external_target(test) {
         return;
     }
     let mut lab = start_lab();

@@ -48,8 +48,7 @@ fn refused(out: RunOutput, what: &str, message: &str) {
 #[test]
 fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
     let test = "volumes_created_resized_and_deleted_at_run_time_work_through_every_node";
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
-        eprintln!("{test}: skipped against an external target");
+    if mosaic_tests::skip_against_external_target(test) {
         return;
     }
     let Some(qemu) = tools::require_qemu_img(test) else {
@@ -266,7 +265,9 @@ fn volumes_created_resized_and_deleted_at_run_time_work_through_every_node() {
 /// data; QUERY TASK (RFC 7144) tells whether it is still in the task set.
 #[test]
 fn preempt_and_abort_reaches_the_tasks_on_a_volume_created_at_run_time() {
-    if std::env::var_os("MOSAIC_TEST_TARGET").is_some() {
+    if mosaic_tests::skip_against_external_target(
+        "preempt_and_abort_reaches_the_tasks_on_a_volume_created_at_run_time",
+    ) {
         return;
     }
     const KEY_A: u64 = 0xa;
