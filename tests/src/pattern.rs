@@ -1,5 +1,5 @@
-//! Deterministic pseudo-random test data (xorshift64*), so a failure can be replayed
-//! and no dependency is needed.
+//! Deterministic test data, so a failure can be replayed: pseudo-random bytes
+//! (xorshift64*) and blocks stamped with their LBA. No dependency is needed.
 
 /// A small, fast, seedable generator; not for anything but test data.
 #[derive(Debug, Clone)]
@@ -39,6 +39,20 @@ impl Rng {
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     Rng::new(seed).fill(&mut v);
+    v
+}
+
+/// `blocks` blocks of `block_size` bytes from `lba` on, each 16 bytes of them
+/// naming their block's LBA and `generation` (xored with their place in the block),
+/// so a read shows which write it returned: a misplaced, stale or torn block differs.
+pub fn stamped(lba: u64, generation: u64, blocks: u32, block_size: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(blocks as usize * block_size as usize);
+    for b in 0..u64::from(blocks) {
+        for i in 0..u64::from(block_size / 16) {
+            v.extend_from_slice(&(lba + b).to_be_bytes());
+            v.extend_from_slice(&(generation ^ i).to_be_bytes());
+        }
+    }
     v
 }
 

@@ -302,12 +302,7 @@ fn racing_writes_through_different_nodes_leave_every_copy_identical() {
 /// A block stamped with its LBA and a generation, so a read tells which write it
 /// returned.
 fn stamped(lba: u64, generation: u64) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK];
-    for (i, chunk) in b.chunks_mut(16).enumerate() {
-        chunk[..8].copy_from_slice(&lba.to_be_bytes());
-        chunk[8..].copy_from_slice(&(generation ^ i as u64).to_be_bytes());
-    }
-    b
+    mosaic_tests::pattern::stamped(lba, generation, 1, BLOCK as u32)
 }
 
 #[test]

@@ -46,14 +46,7 @@ fn config(server: &Mosaic, volume: &str, tweak: impl FnOnce(&mut LoginConfig)) -
 
 /// A block that names its LBA and a round, so a misplaced or stale block shows.
 fn stamp(lba: u64, round: u64, blocks: u32) -> Bytes {
-    let mut v = Vec::with_capacity((blocks * BLOCK) as usize);
-    for i in 0..u64::from(blocks) {
-        for w in 0..(BLOCK / 8) as u64 {
-            let x = (lba + i).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (round << 32) ^ w;
-            v.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    Bytes::from(v)
+    Bytes::from(mosaic_tests::pattern::stamped(lba, round, blocks, BLOCK))
 }
 
 /// Writes then reads back `n` extents of `blocks` blocks, all in flight together.

@@ -32,15 +32,9 @@ fn start_lab() -> Lab {
         .start()
 }
 
+/// `blocks` blocks from `lba` that name their LBA and `generation`.
 fn block(lba: u64, generation: u64, blocks: u32, bs: u32) -> Bytes {
-    let mut v = Vec::with_capacity((blocks * bs) as usize);
-    for i in 0..u64::from(blocks) {
-        for w in 0..u64::from(bs / 8) {
-            let x = ((lba + i) << 20) ^ (generation << 8) ^ w;
-            v.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    Bytes::from(v)
+    Bytes::from(mosaic_tests::pattern::stamped(lba, generation, blocks, bs))
 }
 
 /// Extents of 192 KiB at page-straddling offsets, each written then read back.
