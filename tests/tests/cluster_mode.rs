@@ -7,14 +7,13 @@
 //!   CHANGED (2Ah/01h) exactly once, the sender never. SWP set through node 3
 //!   write-protects the volume through node 1 and 2.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mosaic_tests::initiator::{LoginOptions, Session, CHECK_CONDITION, GOOD};
+use mosaic_tests::lab::{node_portal, LabOptions};
 use mosaic_tests::server::Mosaic;
 
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 const IQN: &str = "iqn.2026-11.io.mosaic:mdv";
 /// UNIT ATTENTION, MODE PARAMETERS CHANGED.
 const MODE_CHANGED: (u8, u8, u8) = (0x06, 0x2a, 0x01);
@@ -29,32 +28,15 @@ const FOLLOW_LIMIT: Duration = Duration::from_secs(10);
 
 /// A lab of three nodes with the volume `mdv` in memory.
 fn start_lab() -> (Mosaic, u16) {
-    let port = mosaic_tests::server::lab_port(NODES, NICS);
-    let group: SocketAddr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free group port");
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--volume",
-        "name=mdv,size=16M,backing=memory",
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let lab =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
-    (lab, port)
+    let lab = LabOptions::new()
+        .volume("name=mdv,size=16M,backing=memory")
+        .start();
+    (lab.mosaic, lab.port)
 }
 
 /// Node `n`'s first NIC portal.
-fn node(n: u8, port: u16) -> SocketAddr {
-    ([127, 0, n, 1], port).into()
+fn node(n: u32, port: u16) -> SocketAddr {
+    node_portal(n, 1, port)
 }
 
 /// A session of `name` (with `isid`) through `at`, its fresh-nexus unit
