@@ -6,46 +6,28 @@
 //! has the response the sessions through the other nodes are gone. The receiving
 //! node ends its own sessions after the response. Logins afterwards work.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 
 use mosaic_proto::pdu::{tmf_function, tmf_response, RESERVED_TAG};
 use mosaic_tests::initiator::{Error, LoginOptions, Session, CHECK_CONDITION, GOOD};
+use mosaic_tests::lab::{node_portal, LabOptions};
 use mosaic_tests::server::Mosaic;
 
-const NODES: u32 = 3;
-const NICS: u8 = 2;
 const IQN: &str = "iqn.2026-11.io.mosaic:crv";
 const A: &str = "iqn.2026-11.io.mosaic:tests-cold-a";
 const B: &str = "iqn.2026-11.io.mosaic:tests-cold-b";
 
 /// A lab of three nodes with the volume `crv` in memory.
 fn start_lab() -> (Mosaic, u16) {
-    let port = mosaic_tests::server::lab_port(NODES, NICS);
-    let group: SocketAddr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free group port");
-    let args: Vec<String> = [
-        "lab",
-        "--port",
-        &port.to_string(),
-        "--group-portal",
-        &group.to_string(),
-        "--volume",
-        "name=crv,size=16M,backing=memory",
-        "--log",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let lab =
-        Mosaic::launch(&args, group).unwrap_or_else(|log| panic!("lab did not start:\n{log}"));
-    (lab, port)
+    let lab = LabOptions::new()
+        .volume("name=crv,size=16M,backing=memory")
+        .start();
+    (lab.mosaic, lab.port)
 }
 
 /// Node `n`'s first NIC portal.
-fn node(n: u8, port: u16) -> SocketAddr {
-    ([127, 0, n, 1], port).into()
+fn node(n: u32, port: u16) -> SocketAddr {
+    node_portal(n, 1, port)
 }
 
 /// A session of `name` through `at`, with whatever unit attention it starts with
@@ -104,7 +86,7 @@ fn a_cold_reset_through_node_1_ends_the_sessions_of_every_node() {
 
     // Logins work afterwards, on every node, and the initiator hears of what
     // happened (a 29h unit attention: power on, or the loss of its nexus).
-    for n in 1..=3u8 {
+    for n in 1..=3u32 {
         let (mut s, heard) = login(node(n, port), B, 0x0000_2302_0001 + u64::from(n));
         assert_eq!(
             heard,
