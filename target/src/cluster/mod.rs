@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admin_client;
+mod follow;
 pub mod lab;
 pub mod link;
 pub mod mode;

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use mosaic_coord::{Compare, CompareOp, CoordError, Coordinator, EventKind, KeyRange, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::device::{Device, Nexus};
 use crate::scsi::ModeParams;
@@ -310,63 +310,27 @@ async fn load_first(device: &Weak<Device>, shared: &SharedMode) -> Option<i64> {
 /// Installs every revision of the key from `start` on, until the device is gone.
 /// After a broken watch the current state is installed without unit attentions
 /// (what was missed cannot be told apart) and watching resumes after it.
-async fn follow(device: Weak<Device>, shared: Arc<SharedMode>, mut start: i64) {
-    let key = shared.key.clone();
-    loop {
-        if device.strong_count() == 0 {
-            return;
-        }
-        let mut w = match shared
-            .coord
-            .watch(KeyRange::key(key.clone()), Some(start))
-            .await
-        {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(key = %key, "watching mode parameters: {e}");
-                tokio::time::sleep(REWATCH_PAUSE).await;
-                match load_first(&device, &shared).await {
-                    Some(next) => start = next,
-                    None => return,
-                }
-                continue;
-            }
-        };
-        loop {
-            let resp = tokio::select! {
-                r = w.recv() => r,
-                _ = tokio::time::sleep(IDLE_CHECK) => {
-                    if device.strong_count() == 0 {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let resp = match resp {
-                Ok(r) => r,
+async fn follow(device: Weak<Device>, shared: Arc<SharedMode>, start: i64) {
+    let (coord, key) = (shared.coord.clone(), shared.key.clone());
+    let resync = || {
+        let (device, shared) = (device.clone(), shared.clone());
+        async move { load_first(&device, &shared).await }
+    };
+    let event = |d: &Device, ev: mosaic_coord::Event| {
+        let change = match ev.kind {
+            EventKind::Put => match decode(&ev.kv.value) {
+                Ok(c) => c,
                 Err(e) => {
-                    debug!(key = %key, "mode watch ended: {e}");
-                    break;
+                    warn!(key = %shared.key, "ignoring mode parameters: {e}");
+                    return;
                 }
-            };
-            let Some(d) = device.upgrade() else { return };
-            for ev in resp.events {
-                let change = match ev.kind {
-                    EventKind::Put => match decode(&ev.kv.value) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            warn!(key = %key, "ignoring mode parameters: {e}");
-                            continue;
-                        }
-                    },
-                    EventKind::Delete => Change::default(),
-                };
-                d.install_shared_mode(&change);
-                shared.installed(ev.revision());
-            }
-            start = resp.revision + 1;
-        }
-    }
+            },
+            EventKind::Delete => Change::default(),
+        };
+        d.install_shared_mode(&change);
+        shared.installed(ev.revision());
+    };
+    super::follow::follow_key(coord, key, device.clone(), start, IDLE_CHECK, resync, event).await;
 }
 
 /// Removes `volume`'s mode parameters (the volume is deleted): a later volume of

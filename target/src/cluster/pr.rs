@@ -38,7 +38,7 @@ use bytes::Bytes;
 use mosaic_coord::{Compare, CompareOp, CoordError, Coordinator, EventKind, KeyRange, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::device::Device;
 use crate::pr::{Effects, Initiator, Persisted, PrState};
@@ -54,6 +54,8 @@ pub const UPDATE_ATTEMPTS: usize = 16;
 pub const APPLY_WAIT: Duration = Duration::from_secs(10);
 /// Pause before watching again after a watch broke.
 const REWATCH_PAUSE: Duration = Duration::from_millis(100);
+/// How often a follower with no events checks that its device still exists.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
 /// Format version of [`Record`].
 const RECORD_VERSION: u32 = 1;
 
@@ -387,75 +389,58 @@ fn install(device: &Device, shared: &SharedPr, change: Change, revision: i64) {
 
 /// Installs every change of the key from revision `start` on, until the device is
 /// gone.
-async fn follow(device: Weak<Device>, shared: Arc<SharedPr>, key: String, mut start: i64) {
-    loop {
-        if device.strong_count() == 0 {
-            return;
-        }
-        let mut w = match shared
-            .coord
-            .watch(KeyRange::key(key.clone()), Some(start))
-            .await
-        {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(key = %key, "watching reservations: {e}");
+async fn follow(device: Weak<Device>, shared: Arc<SharedPr>, key: String, start: i64) {
+    let coord = shared.coord.clone();
+    let resync = || {
+        let (device, shared, key) = (device.clone(), shared.clone(), key.clone());
+        async move {
+            // Retried until it works or the device is gone.
+            let g = loop {
+                match shared.coord.get(KeyRange::key(key.clone())).await {
+                    Ok(g) => break g,
+                    Err(e) => warn!(key = %key, "loading shared reservations: {e}"),
+                }
+                device.upgrade()?;
                 tokio::time::sleep(REWATCH_PAUSE).await;
-                start = match shared.coord.get(KeyRange::key(key.clone())).await {
-                    Ok(g) => {
-                        if let (Some(d), Some(kv)) = (device.upgrade(), g.kvs.first()) {
-                            match decode(&kv.value) {
-                                Ok(mut c) => {
-                                    // Effects missed while not watching are lost; the
-                                    // state is what matters for conflicts.
-                                    c.update = Update::default();
-                                    install(&d, &shared, c, kv.mod_revision);
-                                }
-                                Err(e) => warn!(key = %key, "ignoring reservations: {e}"),
-                            }
-                        }
-                        g.revision + 1
-                    }
-                    Err(_) => start,
-                };
-                continue;
-            }
-        };
-        loop {
-            let resp = tokio::select! {
-                r = w.recv() => r,
-                // Wake up now and then to notice a dropped device.
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                    if device.strong_count() == 0 {
-                        return;
-                    }
-                    continue;
-                }
             };
-            let resp = match resp {
-                Ok(r) => r,
-                Err(e) => {
-                    debug!(key = %key, "reservation watch ended: {e}");
-                    break;
+            let d = device.upgrade()?;
+            if let Some(kv) = g.kvs.first() {
+                match decode(&kv.value) {
+                    Ok(mut c) => {
+                        // Effects missed while not watching are lost; the state
+                        // is what matters for conflicts.
+                        c.update = Update::default();
+                        install(&d, &shared, c, kv.mod_revision);
+                    }
+                    Err(e) => warn!(key = %key, "ignoring reservations: {e}"),
                 }
-            };
-            let Some(d) = device.upgrade() else { return };
-            for ev in resp.events {
-                let change = match ev.kind {
-                    EventKind::Put => match decode(&ev.kv.value) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            warn!(key = %key, "ignoring reservations: {e}");
-                            continue;
-                        }
-                    },
-                    EventKind::Delete => Change::default(),
-                };
-                install(&d, &shared, change, ev.kv.mod_revision);
             }
-            start = resp.revision + 1;
+            Some(g.revision + 1)
         }
-    }
+    };
+    let event = |d: &Device, ev: mosaic_coord::Event| {
+        let change = match ev.kind {
+            EventKind::Put => match decode(&ev.kv.value) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(key = %key, "ignoring reservations: {e}");
+                    return;
+                }
+            },
+            EventKind::Delete => Change::default(),
+        };
+        install(d, &shared, change, ev.kv.mod_revision);
+    };
+    super::follow::follow_key(
+        coord,
+        key.clone(),
+        device.clone(),
+        start,
+        IDLE_CHECK,
+        resync,
+        event,
+    )
+    .await;
 }
 
 /// Releases the SPC-2 reservation of `port` cluster-wide if it still holds it (its
