@@ -989,6 +989,25 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_ranges_are_checked_against_the_volume() {
+        assert_eq!(page_range("3", 16).unwrap(), 3..=3);
+        assert_eq!(page_range(" 0 - 15 ", 16).unwrap(), 0..=15);
+        for bad in ["16", "5-4", "0-16", "x", "1-", "-1", ""] {
+            let e = page_range(bad, 16).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad:?}");
+            assert!(e.message.starts_with("pages:"), "{bad:?}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn io_modes_parse_and_print_back() {
+        for m in [IoMode::Forward, IoMode::ShortCut] {
+            assert_eq!(m.to_string().parse::<IoMode>(), Ok(m));
+        }
+        assert!("sideways".parse::<IoMode>().is_err());
+    }
     use mosaic_routing::{Node, NodeId};
 
     fn table() -> RoutingTable {
